@@ -1,0 +1,47 @@
+//! Firewall rules the plugins need, behind one trait so an iptables driver can sit beside the
+//! nftables one. Today: per-network masquerade (`ipMasq`).
+//!
+//! Shape of the data plane (see DESIGN.md "Data plane rules"): the rules that serve a whole
+//! network are installed once, atomically, in one table per network; a pod only adds or
+//! removes its address in that table's sets, which is a single netlink message — no `nft`
+//! process on the ADD/DEL hot path.
+
+mod nfnetlink;
+pub mod nftables;
+
+use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nft failed ({context}): {stderr}")]
+    Nft { context: String, stderr: String },
+    #[error("{0}")]
+    Check(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Masquerade for one network: traffic from its pods to anywhere outside its subnets.
+#[derive(Debug, Clone)]
+pub struct Masquerade {
+    /// The CNI network name.
+    pub network: String,
+    /// Every subnet of the network (from the pod's IPAM result); traffic to these is not NATed.
+    pub subnets: Vec<IpNetwork>,
+}
+
+pub trait Firewall {
+    /// Makes sure the network's rules exist, then adds the pod's addresses to them.
+    fn add_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
+    /// Removes the pod's addresses (idempotent; the network's rules stay, like the bridge).
+    fn del_masquerade(&self, network: &str, pod_ips: &[IpAddr]) -> Result<()>;
+    /// Verifies the network's rules exist and hold the pod's addresses.
+    fn check_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
+}

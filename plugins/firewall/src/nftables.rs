@@ -1,0 +1,240 @@
+//! nftables driver. One table per network, `inet` family, holding two sets of pod addresses
+//! and one postrouting chain:
+//!
+//! ```text
+//! table inet reef-masq-<net> {
+//!   set pods4 { type ipv4_addr; }   set pods6 { type ipv6_addr; }
+//!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!     ip saddr @pods4 ip daddr != { <subnets>, 224.0.0.0/4 } masquerade
+//!     ip6 saddr @pods6 ip6 daddr != { <subnets>, ff00::/8 } masquerade } }
+//! ```
+//! The table is created once by `nft -f` (one atomic transaction) under a file lock; after that
+//! a pod's ADD/DEL is one netlink batch adding or removing its address.
+
+use crate::nfnetlink::{NfNetlink, NFPROTO_INET};
+use crate::{Error, Firewall, Masquerade, Result};
+use ipnetwork::IpNetwork;
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+
+const LOCK_DIR: &str = "/run/reef";
+
+#[derive(Debug, Default)]
+pub struct Nftables;
+
+/// Table name for a network: readable, and safe for nft's identifier syntax.
+pub fn table_name(network: &str) -> String {
+    let clean: String = network
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("reef-masq-{clean}")
+}
+
+fn set_for(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "pods4"
+    } else {
+        "pods6"
+    }
+}
+
+fn io(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// The nft script that creates the network's table in one transaction.
+pub fn table_script(m: &Masquerade) -> String {
+    let table = table_name(&m.network);
+    let nets = |v4: bool, extra: &str| -> String {
+        let mut v: Vec<String> = m
+            .subnets
+            .iter()
+            .filter(|n| n.is_ipv4() == v4)
+            .map(|n| match n {
+                // nft wants the network address, not a host address with a prefix.
+                IpNetwork::V4(n) => format!("{}/{}", n.network(), n.prefix()),
+                IpNetwork::V6(n) => format!("{}/{}", n.network(), n.prefix()),
+            })
+            .collect();
+        v.push(extra.to_string());
+        v.join(", ")
+    };
+    format!(
+        "add table inet {table}\n\
+         add set inet {table} pods4 {{ type ipv4_addr; }}\n\
+         add set inet {table} pods6 {{ type ipv6_addr; }}\n\
+         add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         add rule inet {table} postrouting ip saddr @pods4 ip daddr != {{ {} }} masquerade\n\
+         add rule inet {table} postrouting ip6 saddr @pods6 ip6 daddr != {{ {} }} masquerade\n",
+        nets(true, "224.0.0.0/4"),
+        nets(false, "ff00::/8"),
+    )
+}
+
+pub fn run_nft(script: &str, context: &str) -> Result<String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("run nft (is the nftables package installed?)"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(io("write nft script"))?;
+    }
+    let out = child.wait_with_output().map_err(io("wait for nft"))?;
+    if !out.status.success() {
+        return Err(Error::Nft {
+            context: context.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// An exclusive flock held until drop, serialising table creation across plugin processes.
+struct Lock {
+    _file: std::fs::File,
+}
+
+impl Lock {
+    fn take(name: &str) -> Result<Lock> {
+        std::fs::create_dir_all(LOCK_DIR).map_err(io("create /run/reef"))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{LOCK_DIR}/{name}.lock"))
+            .map_err(io("open lock file"))?;
+        // SAFETY: flock on a valid, owned fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::Io {
+                context: "lock".into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Lock { _file: f })
+    }
+}
+
+impl Nftables {
+    fn ensure_table(&self, nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
+        let table = table_name(&m.network);
+        if nl
+            .table_exists(NFPROTO_INET, &table)
+            .map_err(io("query nftables"))?
+        {
+            return Ok(());
+        }
+        let _lock = Lock::take(&table)?;
+        // Re-check under the lock: another ADD may have created it meanwhile.
+        if nl
+            .table_exists(NFPROTO_INET, &table)
+            .map_err(io("query nftables"))?
+        {
+            return Ok(());
+        }
+        run_nft(&table_script(m), &format!("create table {table}"))?;
+        Ok(())
+    }
+}
+
+impl Firewall for Nftables {
+    fn add_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
+        let mut nl = NfNetlink::open().map_err(io("open nfnetlink socket"))?;
+        self.ensure_table(&mut nl, m)?;
+        let table = table_name(&m.network);
+        for v4 in [true, false] {
+            let ips: Vec<IpAddr> = pod_ips
+                .iter()
+                .copied()
+                .filter(|i| i.is_ipv4() == v4)
+                .collect();
+            if let Some(first) = ips.first() {
+                nl.set_elements(NFPROTO_INET, &table, set_for(first), &ips, true)
+                    .map_err(io(&format!("add pod address to {table}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn del_masquerade(&self, network: &str, pod_ips: &[IpAddr]) -> Result<()> {
+        let mut nl = NfNetlink::open().map_err(io("open nfnetlink socket"))?;
+        let table = table_name(network);
+        if !nl
+            .table_exists(NFPROTO_INET, &table)
+            .map_err(io("query nftables"))?
+        {
+            return Ok(());
+        }
+        // One element per batch: a missing element (ENOENT) must not abort the others.
+        for ip in pod_ips {
+            nl.set_elements(NFPROTO_INET, &table, set_for(ip), &[*ip], false)
+                .map_err(io(&format!("remove pod address {ip} from {table}")))?;
+        }
+        Ok(())
+    }
+
+    fn check_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
+        let table = table_name(&m.network);
+        let out = Command::new("nft")
+            .args(["list", "table", "inet", &table])
+            .output()
+            .map_err(io("run nft"))?;
+        if !out.status.success() {
+            return Err(Error::Check(format!("masquerade table {table} is missing")));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.contains("masquerade") {
+            return Err(Error::Check(format!(
+                "masquerade rule missing from {table}"
+            )));
+        }
+        for ip in pod_ips {
+            let needle = ip.to_string();
+            let in_set = text
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+                .any(|w| w == needle);
+            if !in_set {
+                return Err(Error::Check(format!(
+                    "pod address {ip} is not masqueraded in {table}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_excludes_own_subnets_and_multicast() {
+        let m = Masquerade {
+            network: "my.net".into(),
+            subnets: vec![
+                "10.1.0.5/24".parse().unwrap(),
+                "fd00::5/64".parse().unwrap(),
+            ],
+        };
+        let s = table_script(&m);
+        assert!(s.contains("add table inet reef-masq-my_net"));
+        assert!(s.contains("ip daddr != { 10.1.0.0/24, 224.0.0.0/4 } masquerade"));
+        assert!(s.contains("ip6 daddr != { fd00::/64, ff00::/8 } masquerade"));
+    }
+}

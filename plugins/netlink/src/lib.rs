@@ -1,0 +1,75 @@
+//! Kernel adapter for links, addresses, routes and sysctls, over rtnetlink.
+//!
+//! A netlink socket acts in the network namespace it was opened in, so entering a namespace
+//! means: a short-lived std thread does `setns(CLONE_NEWNET)`, opens the socket (and does any
+//! `/proc/sys/net` writes, which also resolve against the calling thread's namespace), then
+//! hands the fd back to be driven by the caller's tokio runtime. No tokio worker ever changes
+//! namespace.
+
+pub mod netns;
+pub mod ops;
+pub mod sysctl;
+
+pub use netns::NetNs;
+pub use ops::{AddrInfo, LinkInfo, Netlink, RouteInfo, RouteSpec};
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Netlink {
+        context: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn nl(context: impl Into<String>, source: rtnetlink::Error) -> Self {
+        Error::Netlink {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The kernel's errno for a rejected request (positive, e.g. `libc::EEXIST`).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Netlink {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => m.code.map(|c| -c.get()),
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc::EEXIST)
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH)
+        )
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

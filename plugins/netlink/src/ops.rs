@@ -1,0 +1,444 @@
+//! Link, address and route operations on one namespace's rtnetlink socket.
+
+use crate::netns::NetNs;
+use crate::{Error, Result};
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope, RouteType,
+};
+use netlink_packet_route::AddressFamily;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::IpAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+
+/// What the plugins need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<String>,
+    pub mtu: Option<u32>,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+    pub up: bool,
+}
+
+impl LinkInfo {
+    fn from_msg(m: &LinkMessage) -> LinkInfo {
+        let mut li = LinkInfo {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: None,
+            controller: None,
+            kind: None,
+            up: m.header.flags.contains(LinkFlags::Up),
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => li.name = n.clone(),
+                LinkAttribute::Address(mac) if mac.len() == 6 => li.mac = Some(format_mac(mac)),
+                LinkAttribute::Mtu(v) => li.mtu = Some(*v),
+                LinkAttribute::Controller(c) => li.controller = Some(*c),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let NlLinkInfo::Kind(k) = i {
+                            li.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        li
+    }
+}
+
+pub fn format_mac(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub address: IpNetwork,
+    pub index: u32,
+}
+
+/// A route to install or found installed (main table unless `table` says otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+    pub priority: Option<u32>,
+    pub table: Option<u32>,
+    pub scope: Option<u8>,
+}
+
+impl RouteSpec {
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> RouteSpec {
+        RouteSpec {
+            dst,
+            gw,
+            oif: None,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+}
+
+pub type RouteInfo = RouteSpec;
+
+/// An rtnetlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Must run inside a tokio runtime.
+    pub fn current() -> Result<Netlink> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("open rtnetlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside `ns`. `in_ns` runs on the namespace thread first (sysctls that must
+    /// be written from inside the namespace). Must run inside a tokio runtime.
+    pub fn open_in<F>(ns: &NetNs, in_ns: F) -> Result<Netlink>
+    where
+        F: FnOnce() -> Result<()> + Send,
+    {
+        let fd: RawFd = ns.run(|| -> Result<RawFd> {
+            in_ns()?;
+            let sock = Socket::new(NETLINK_ROUTE)
+                .map_err(|e| Error::io("open rtnetlink socket in netns", e))?;
+            Ok(sock.into_raw_fd())
+        })??;
+        // SAFETY: fd was just created by Socket::new and ownership is transferred here.
+        let sock = unsafe { TokioSocket::from_raw_fd(fd) };
+        let (conn, handle, _) = rtnetlink::from_socket(sock);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => Ok(Some(LinkInfo::from_msg(&m))),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let e = Error::nl(format!("get link {name}"), e);
+                if e.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl("list links", e))?;
+        Ok(msgs.iter().map(LinkInfo::from_msg).collect())
+    }
+
+    /// Returns the bridge `name`, creating it (up, with `mtu`) if absent. Safe when many
+    /// processes race: whoever loses the create gets EEXIST and reads the winner's bridge.
+    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<LinkInfo> {
+        if let Some(l) = self.link_by_name(name).await? {
+            return self.ensure_bridge_kind_up(l).await;
+        }
+        let mut b = LinkBridge::new(name).up();
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        match self.handle.link().add(b.build()).execute().await {
+            Ok(()) => {}
+            Err(e) => {
+                let e = Error::nl(format!("create bridge {name}"), e);
+                if !e.is_exists() {
+                    return Err(e);
+                }
+            }
+        }
+        let l = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| Error::Invalid(format!("bridge {name} vanished after creation")))?;
+        self.ensure_bridge_kind_up(l).await
+    }
+
+    async fn ensure_bridge_kind_up(&self, l: LinkInfo) -> Result<LinkInfo> {
+        if l.kind.as_deref() != Some("bridge") {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not a bridge (kind {})",
+                l.name,
+                l.kind.as_deref().unwrap_or("unknown")
+            )));
+        }
+        if !l.up {
+            self.set_up(l.index).await?;
+        }
+        Ok(l)
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set link {index} up"), e))
+    }
+
+    /// Creates a veth pair in one request: `host` here (up, attached to `controller`), `peer`
+    /// created directly inside `peer_ns` so it never appears in this namespace.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_ns: &NetNs,
+        mtu: Option<u32>,
+        controller: Option<u32>,
+    ) -> Result<()> {
+        let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.fd());
+        if let Some(m) = mtu {
+            p = p.mtu(m);
+        }
+        let mut v = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
+            .up();
+        if let Some(m) = mtu {
+            v = v.mtu(m);
+        }
+        if let Some(c) = controller {
+            v = v.controller(c);
+        }
+        self.handle
+            .link()
+            .add(v.build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("create veth {host} (peer {peer})"), e))
+    }
+
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(index).hairpin(on).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set hairpin on link {index}"), e))
+    }
+
+    /// Deletes a link by name; Ok(false) when it did not exist.
+    pub async fn delete_link(&self, name: &str) -> Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.handle.link().del_with_message(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = Error::nl(format!("delete link {name}"), e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Links whose controller (bridge) is `index`.
+    pub async fn ports_of(&self, index: u32) -> Result<Vec<LinkInfo>> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.controller == Some(index))
+            .collect())
+    }
+
+    /// Adds an address; Ok(false) if it was already there.
+    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<bool> {
+        match self
+            .handle
+            .address()
+            .add(index, addr.ip(), addr.prefix())
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = Error::nl(format!("add address {addr} to link {index}"), e);
+                if e.is_exists() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    pub async fn addresses(&self, index: u32) -> Result<Vec<AddrInfo>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl(format!("list addresses of link {index}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                IpNetwork::new(ip, m.header.prefix_len)
+                    .ok()
+                    .map(|address| AddrInfo { address, index })
+            })
+            .collect())
+    }
+
+    pub async fn add_route(&self, r: &RouteSpec) -> Result<()> {
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.dst.ip(), r.dst.prefix())
+            .map_err(|e| Error::Invalid(format!("route {}: {e}", r.dst)))?;
+        if let Some(gw) = r.gw {
+            b = b
+                .gateway(gw)
+                .map_err(|e| Error::Invalid(format!("route {} via {gw}: {e}", r.dst)))?;
+        }
+        if let Some(oif) = r.oif {
+            b = b.output_interface(oif);
+        }
+        if let Some(p) = r.priority {
+            b = b.priority(p);
+        }
+        if let Some(t) = r.table {
+            b = b.table_id(t);
+        }
+        if let Some(s) = r.scope {
+            b = b.scope(RouteScope::from(s));
+        } else if r.gw.is_none() {
+            b = b.scope(RouteScope::Link);
+        }
+        let mut msg = b.build();
+        let mut metrics = Vec::new();
+        if let Some(m) = r.mtu {
+            metrics.push(RouteMetric::Mtu(m));
+        }
+        if let Some(m) = r.advmss {
+            metrics.push(RouteMetric::Advmss(m));
+        }
+        if !metrics.is_empty() {
+            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("add route {}{via}", r.dst), e))
+    }
+
+    /// Unicast routes of the main table (or every table with `all_tables`) for one family.
+    pub async fn routes(&self, v6: bool, all_tables: bool) -> Result<Vec<RouteInfo>> {
+        let query: RouteMessage = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl("list routes", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.kind == RouteType::Unicast)
+            .filter_map(|m| route_info(m, all_tables))
+            .collect())
+    }
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_info(m: &RouteMessage, all_tables: bool) -> Option<RouteInfo> {
+    let v6 = m.header.address_family == AddressFamily::Inet6;
+    let mut dst_ip: IpAddr = if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    let mut r = RouteSpec::new(IpNetwork::new(dst_ip, 0).ok()?, None);
+    let mut table = u32::from(m.header.table);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst_ip = route_addr(d)?,
+            RouteAttribute::Gateway(g) => r.gw = route_addr(g),
+            RouteAttribute::Oif(i) => r.oif = Some(*i),
+            RouteAttribute::Priority(p) => r.priority = Some(*p),
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Metrics(ms) => {
+                for metric in ms {
+                    match metric {
+                        RouteMetric::Mtu(v) => r.mtu = Some(*v),
+                        RouteMetric::Advmss(v) => r.advmss = Some(*v),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !all_tables && table != 254 {
+        return None;
+    }
+    r.table = Some(table);
+    r.scope = Some(u8::from(m.header.scope));
+    r.dst = IpNetwork::new(dst_ip, m.header.destination_prefix_length).ok()?;
+    Some(r)
+}
