@@ -109,7 +109,7 @@ struct Undo {
 impl Undo {
     fn run(self, args: &CmdArgs) {
         if let Some((net, ips)) = &self.masq {
-            let _ = Nftables.del_masquerade(net, ips);
+            let _ = Nftables::new().del_masquerade(net, ips);
         }
         if let Some(veth) = &self.veth {
             let _ = block_on(async {
@@ -248,6 +248,33 @@ impl Bridge {
     }
 }
 
+/// Addresses on `ifname` inside `ns`; empty when anything is missing (DEL must not fail on it).
+async fn pod_addresses(ns: &NetNs, ifname: &str) -> Vec<IpAddr> {
+    let Ok(pod) = Netlink::open_in(ns, || Ok(())) else {
+        return Vec::new();
+    };
+    match pod.link_by_name(ifname).await {
+        Ok(Some(l)) => pod
+            .addresses(l.index)
+            .await
+            .map(|a| {
+                a.iter()
+                    .map(|a| a.address.ip())
+                    .filter(|ip| !is_link_local(ip))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let conf = BridgeConf::from_netconf(&args.conf)?;
@@ -269,7 +296,7 @@ impl Plugin for Bridge {
                     let nets: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
                     let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
                     undo.masq = Some((args.conf.name.clone(), ips.clone()));
-                    Nftables
+                    Nftables::new()
                         .add_masquerade(&Self::masquerade(args, &nets), &ips)
                         .map_err(fw_err)?;
                 }
@@ -288,8 +315,10 @@ impl Plugin for Bridge {
         let conf = BridgeConf::from_netconf(&args.conf)?;
         let mut errors: Vec<String> = Vec::new();
         let host_name = host_veth_name(&args.container_id, &args.ifname);
+        // Dropped at the end of DEL, after the veth deletion: see `Firewall`.
+        let mut fw = Nftables::new();
         // Pod addresses for the masquerade set: from prevResult (what libcni caches and sends).
-        let mut pod_ips: Vec<IpAddr> = args
+        let prev_ips: Vec<IpAddr> = args
             .conf
             .prev_result
             .as_ref()
@@ -297,37 +326,42 @@ impl Plugin for Bridge {
             .unwrap_or_default();
         let removed = block_on(async {
             let host = Netlink::current().map_err(nl_err)?;
+            let pod_ns = args.netns.as_deref().and_then(|p| NetNs::open(p).ok());
+            let mut pod_ips = prev_ips;
+            // Without prevResult, read the pod's addresses before the veth (and they) go.
+            if conf.ip_masq && pod_ips.is_empty() {
+                if let Some(ns) = &pod_ns {
+                    pod_ips = pod_addresses(ns, &args.ifname).await;
+                }
+            }
+            // Masquerade first, so the kernel's RCU wait after this commit overlaps the one
+            // inside the veth deletion instead of following it.
+            if conf.ip_masq && !pod_ips.is_empty() {
+                if let Err(e) = fw.del_masquerade(&args.conf.name, &pod_ips) {
+                    errors.push(e.to_string());
+                }
+            }
             if host.delete_link(&host_name).await.map_err(nl_err)? {
                 return Ok::<bool, CniError>(true);
             }
             // The host end is gone; if the pod end survived (a foreign host name), remove it.
-            let Some(ns) = args.netns.as_deref().and_then(|p| NetNs::open(p).ok()) else {
+            let Some(ns) = pod_ns else {
                 return Ok(false);
             };
             let pod = Netlink::open_in(&ns, || Ok(())).map_err(nl_err)?;
-            if let Some(l) = pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
-                if l.kind.as_deref() == Some("veth") {
-                    if pod_ips.is_empty() {
-                        if let Ok(addrs) = pod.addresses(l.index).await {
-                            pod_ips = addrs.iter().map(|a| a.address.ip()).collect();
-                        }
-                    }
-                    return pod.delete_link(&args.ifname).await.map_err(nl_err);
+            match pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
+                Some(l) if l.kind.as_deref() == Some("veth") => {
+                    pod.delete_link(&args.ifname).await.map_err(nl_err)
                 }
+                _ => Ok(false),
             }
-            Ok(false)
         });
         if let Err(e) = removed.and_then(|r| r) {
             errors.push(e.msg);
         }
-        if conf.ip_masq && !pod_ips.is_empty() {
-            if let Err(e) = Nftables.del_masquerade(&args.conf.name, &pod_ips) {
-                errors.push(e.to_string());
-            }
-        }
         // Release the address even if link teardown failed: never leak on the IPAM side.
         let ipam_res = Ipam::from_args(args).and_then(|i| i.run(Command::Del));
-        match ipam_res {
+        let res = match ipam_res {
             Err(e) if errors.is_empty() => Err(e),
             Err(e) => {
                 errors.push(e.to_string());
@@ -335,7 +369,9 @@ impl Plugin for Bridge {
             }
             Ok(()) if errors.is_empty() => Ok(()),
             Ok(()) => Err(CniError::new(codes::NETLINK, errors.join("; "))),
-        }
+        };
+        drop(fw);
+        res
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -430,7 +466,7 @@ impl Plugin for Bridge {
         if conf.ip_masq {
             let nets: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-            Nftables
+            Nftables::new()
                 .check_masquerade(&Self::masquerade(args, &nets), &ips)
                 .map_err(|e| check_err(e.to_string()))?;
         }

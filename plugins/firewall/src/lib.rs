@@ -37,11 +37,15 @@ pub struct Masquerade {
     pub subnets: Vec<IpNetwork>,
 }
 
+/// A driver keeps its kernel connection for its own lifetime: callers decide when it closes,
+/// because closing an nf_tables socket right after a commit waits for an RCU grace period
+/// (the kernel flushes the transaction-destroy work), which a caller can overlap with other
+/// slow work such as a veth deletion.
 pub trait Firewall {
     /// Makes sure the network's rules exist, then adds the pod's addresses to them.
-    fn add_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
+    fn add_masquerade(&mut self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
     /// Removes the pod's addresses (idempotent; the network's rules stay, like the bridge).
-    fn del_masquerade(&self, network: &str, pod_ips: &[IpAddr]) -> Result<()>;
+    fn del_masquerade(&mut self, network: &str, pod_ips: &[IpAddr]) -> Result<()>;
     /// Verifies the network's rules exist and hold the pod's addresses.
-    fn check_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
+    fn check_masquerade(&mut self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
 }

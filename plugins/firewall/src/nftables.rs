@@ -21,8 +21,11 @@ use std::process::{Command, Stdio};
 
 const LOCK_DIR: &str = "/run/reef";
 
-#[derive(Debug, Default)]
-pub struct Nftables;
+/// The nftables driver; holds its nfnetlink socket until dropped (see `Firewall`).
+#[derive(Default)]
+pub struct Nftables {
+    nl: Option<NfNetlink>,
+}
 
 /// Table name for a network: readable, and safe for nft's identifier syntax.
 pub fn table_name(network: &str) -> String {
@@ -132,7 +135,20 @@ impl Lock {
 }
 
 impl Nftables {
-    fn ensure_table(&self, nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
+    pub fn new() -> Nftables {
+        Nftables::default()
+    }
+
+    fn socket(&mut self) -> Result<&mut NfNetlink> {
+        if self.nl.is_none() {
+            self.nl = Some(NfNetlink::open().map_err(io("open nfnetlink socket"))?);
+        }
+        self.nl
+            .as_mut()
+            .ok_or_else(|| Error::Check("nfnetlink socket unavailable".into()))
+    }
+
+    fn ensure_table(nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
         let table = table_name(&m.network);
         if nl
             .table_exists(NFPROTO_INET, &table)
@@ -154,9 +170,9 @@ impl Nftables {
 }
 
 impl Firewall for Nftables {
-    fn add_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
-        let mut nl = NfNetlink::open().map_err(io("open nfnetlink socket"))?;
-        self.ensure_table(&mut nl, m)?;
+    fn add_masquerade(&mut self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
+        let nl = self.socket()?;
+        Self::ensure_table(nl, m)?;
         let table = table_name(&m.network);
         for v4 in [true, false] {
             let ips: Vec<IpAddr> = pod_ips
@@ -172,8 +188,8 @@ impl Firewall for Nftables {
         Ok(())
     }
 
-    fn del_masquerade(&self, network: &str, pod_ips: &[IpAddr]) -> Result<()> {
-        let mut nl = NfNetlink::open().map_err(io("open nfnetlink socket"))?;
+    fn del_masquerade(&mut self, network: &str, pod_ips: &[IpAddr]) -> Result<()> {
+        let nl = self.socket()?;
         let table = table_name(network);
         if !nl
             .table_exists(NFPROTO_INET, &table)
@@ -189,7 +205,7 @@ impl Firewall for Nftables {
         Ok(())
     }
 
-    fn check_masquerade(&self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
+    fn check_masquerade(&mut self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
         let table = table_name(&m.network);
         let out = Command::new("nft")
             .args(["list", "table", "inet", &table])

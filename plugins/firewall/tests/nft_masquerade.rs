@@ -28,7 +28,7 @@ fn nft_list(table: &str) -> String {
 #[test]
 fn pod_addresses_enter_and_leave_the_network_table() {
     in_private_netns(|| {
-        let fw = Nftables;
+        let mut fw = Nftables::new();
         let m = Masquerade {
             network: "testnet".into(),
             subnets: vec![
