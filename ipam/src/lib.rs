@@ -10,6 +10,7 @@
 
 mod allocator;
 pub mod config;
+pub mod plugin;
 pub mod store;
 
 use std::net::IpAddr;

@@ -3,6 +3,7 @@
 //! IPAM, optional gateway-on-bridge, masquerade, hairpin and MTU.
 
 mod config;
+mod ipam;
 mod plugin;
 
 fn main() {

@@ -1,11 +1,11 @@
 //! The verbs.
 
 use crate::config::{host_veth_name, BridgeConf};
+use crate::ipam::IpamClient;
 use ipnetwork::IpNetwork;
-use reef_cni::delegate::Ipam;
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, Plugin, Route};
 use reef_firewall::{nftables::Nftables, Firewall, Masquerade};
-use reef_netlink::{sysctl, NetNs, Netlink, RouteSpec};
+use reef_netlink::{sysctl, NetNs, Netlink, PendingNetlink, RouteSpec};
 use std::future::Future;
 use std::net::IpAddr;
 
@@ -73,11 +73,12 @@ fn pod_routes(conf: &BridgeConf, ipam: &CniResult) -> Vec<Route> {
                 .iter()
                 .any(|r| is_default(&r.dst) && r.dst.is_ipv4() == v4);
             if let (Some(gw), false) = (ip.gateway, has_default) {
-                let any: IpNetwork = if v4 {
-                    "0.0.0.0/0".parse().unwrap_or_else(|_| ip.address)
+                let unspecified: IpAddr = if v4 {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
                 } else {
-                    "::/0".parse().unwrap_or_else(|_| ip.address)
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
                 };
+                let any = IpNetwork::new(unspecified, 0).expect("prefix 0 is valid");
                 routes.push(Route::new(any, Some(gw)));
             }
         }
@@ -107,19 +108,15 @@ struct Undo {
 }
 
 impl Undo {
-    fn run(self, args: &CmdArgs) {
+    async fn run(self, host: &Netlink, args: &CmdArgs) {
         if let Some((net, ips)) = &self.masq {
             let _ = Nftables::new().del_masquerade(net, ips);
         }
         if let Some(veth) = &self.veth {
-            let _ = block_on(async {
-                if let Ok(nl) = Netlink::current() {
-                    let _ = nl.delete_link(veth).await;
-                }
-            });
+            let _ = host.delete_link(veth).await;
         }
         if self.ipam {
-            if let Ok(ipam) = Ipam::from_args(args) {
+            if let Ok(ipam) = IpamClient::for_args(args) {
                 let _ = ipam.run(Command::Del);
             }
         }
@@ -128,14 +125,14 @@ impl Undo {
 
 impl Bridge {
     async fn add_links(
-        &self,
         args: &CmdArgs,
         conf: &BridgeConf,
         ipam: &CniResult,
         pod_ns: &NetNs,
+        pod_socket: PendingNetlink,
+        host: &Netlink,
         undo: &mut Undo,
     ) -> Result<CniResult, CniError> {
-        let host = Netlink::current().map_err(nl_err)?;
         let br = host
             .ensure_bridge(&conf.bridge, conf.mtu)
             .await
@@ -183,7 +180,7 @@ impl Bridge {
                 .map_err(nl_err)?;
         }
 
-        let pod = Netlink::open_in(pod_ns, || Ok(())).map_err(nl_err)?;
+        let pod = pod_socket.connect().map_err(nl_err)?;
         let pod_link = pod
             .link_by_name(&args.ifname)
             .await
@@ -240,6 +237,65 @@ impl Bridge {
         Ok(result)
     }
 
+    async fn add_async(
+        &self,
+        args: &CmdArgs,
+        conf: &BridgeConf,
+        pod_ns: &NetNs,
+        pod_socket: PendingNetlink,
+    ) -> Result<CniResult, CniError> {
+        let host = Netlink::current().map_err(nl_err)?;
+        // A second ADD of a live attachment must fail before IPAM: IPAM would hand back the
+        // same address and the rollback would then release the live pod's reservation.
+        let host_name = host_veth_name(&args.container_id, &args.ifname);
+        if host
+            .link_by_name(&host_name)
+            .await
+            .map_err(nl_err)?
+            .is_some()
+        {
+            return Err(CniError::new(
+                codes::NETLINK,
+                format!(
+                    "attachment {}/{} already exists (host interface {host_name}); DEL it first",
+                    args.container_id, args.ifname
+                ),
+            ));
+        }
+        let ipam = IpamClient::for_args(args)?;
+        let ipam_result = ipam.add()?;
+        if ipam_result.ips.is_empty() {
+            let _ = ipam.run(Command::Del);
+            return Err(CniError::new(codes::DELEGATE, "IPAM returned no addresses"));
+        }
+        let mut undo = Undo {
+            ipam: true,
+            ..Undo::default()
+        };
+        let mut res = Self::add_links(
+            args,
+            conf,
+            &ipam_result,
+            pod_ns,
+            pod_socket,
+            &host,
+            &mut undo,
+        )
+        .await;
+        if let (Ok(result), true) = (&res, conf.ip_masq) {
+            let nets: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
+            let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
+            undo.masq = Some((args.conf.name.clone(), ips.clone()));
+            if let Err(e) = Nftables::new().add_masquerade(&Self::masquerade(args, &nets), &ips) {
+                res = Err(fw_err(e));
+            }
+        }
+        if res.is_err() {
+            undo.run(&host, args).await;
+        }
+        res
+    }
+
     fn masquerade(args: &CmdArgs, ips: &[IpNetwork]) -> Masquerade {
         Masquerade {
             network: args.conf.name.clone(),
@@ -279,99 +335,82 @@ impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
         let conf = BridgeConf::from_netconf(&args.conf)?;
         let pod_ns = open_netns(args)?;
-        let ipam = Ipam::from_args(args)?;
-        let ipam_result = ipam.add()?;
-        if ipam_result.ips.is_empty() {
-            let _ = ipam.run(Command::Del);
-            return Err(CniError::new(codes::DELEGATE, "IPAM returned no addresses"));
-        }
-        let mut undo = Undo {
-            ipam: true,
-            ..Undo::default()
-        };
-        let res = block_on(self.add_links(args, &conf, &ipam_result, &pod_ns, &mut undo))
-            .and_then(|r| r)
-            .and_then(|result| {
-                if conf.ip_masq {
-                    let nets: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
-                    let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-                    undo.masq = Some((args.conf.name.clone(), ips.clone()));
-                    Nftables::new()
-                        .add_masquerade(&Self::masquerade(args, &nets), &ips)
-                        .map_err(fw_err)?;
-                }
-                Ok(result)
-            });
-        match res {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                undo.run(args);
-                Err(e)
-            }
-        }
+        // Entering the pod's namespace costs a thread and a setns: overlap it with IPAM.
+        let pod_socket = Netlink::open_in_background(&pod_ns).map_err(nl_err)?;
+        block_on(self.add_async(args, &conf, &pod_ns, pod_socket))?
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::from_netconf(&args.conf)?;
-        let mut errors: Vec<String> = Vec::new();
-        let host_name = host_veth_name(&args.container_id, &args.ifname);
+        let mut errors: Vec<CniError> = Vec::new();
         // Dropped at the end of DEL, after the veth deletion: see `Firewall`.
         let mut fw = Nftables::new();
-        // Pod addresses for the masquerade set: from prevResult (what libcni caches and sends).
-        let prev_ips: Vec<IpAddr> = args
-            .conf
-            .prev_result
-            .as_ref()
-            .map(|r| r.ips.iter().map(|i| i.address.ip()).collect())
-            .unwrap_or_default();
-        let removed = block_on(async {
+        let res = block_on(async {
             let host = Netlink::current().map_err(nl_err)?;
+            let host_name = host_veth_name(&args.container_id, &args.ifname);
+            let veth_present = host
+                .link_by_name(&host_name)
+                .await
+                .map_err(nl_err)?
+                .is_some();
             let pod_ns = args.netns.as_deref().and_then(|p| NetNs::open(p).ok());
-            let mut pod_ips = prev_ips;
-            // Without prevResult, read the pod's addresses before the veth (and they) go.
-            if conf.ip_masq && pod_ips.is_empty() {
-                if let Some(ns) = &pod_ns {
-                    pod_ips = pod_addresses(ns, &args.ifname).await;
+            // Masquerade elements to remove: only addresses this attachment still owns, or a
+            // retried DEL with a stale prevResult would unmasquerade the address's next owner.
+            // Read the pod's own addresses before the veth (and they) go, for exec'd IPAM.
+            let mut live_ips: Vec<IpAddr> = Vec::new();
+            if conf.ip_masq && veth_present {
+                live_ips = match &args.conf.prev_result {
+                    Some(r) => r.ips.iter().map(|i| i.address.ip()).collect(),
+                    None => match &pod_ns {
+                        Some(ns) => pod_addresses(ns, &args.ifname).await,
+                        None => Vec::new(),
+                    },
+                };
+            }
+            // IPAM first, like the reference plugin: the address is released even if link
+            // teardown fails, and in-process IPAM tells exactly what this attachment held.
+            let released = IpamClient::for_args(args).and_then(|i| i.release());
+            let masq_ips = match released {
+                Ok(Some(ips)) => ips,
+                Ok(None) => live_ips,
+                Err(e) => {
+                    errors.push(e);
+                    live_ips
+                }
+            };
+            // Masquerade before the veth, so the kernel's RCU wait after this commit overlaps
+            // the one inside the veth deletion instead of following it.
+            if conf.ip_masq && !masq_ips.is_empty() {
+                if let Err(e) = fw.del_masquerade(&args.conf.name, &masq_ips) {
+                    errors.push(fw_err(e));
                 }
             }
-            // Masquerade first, so the kernel's RCU wait after this commit overlaps the one
-            // inside the veth deletion instead of following it.
-            if conf.ip_masq && !pod_ips.is_empty() {
-                if let Err(e) = fw.del_masquerade(&args.conf.name, &pod_ips) {
-                    errors.push(e.to_string());
-                }
-            }
-            if host.delete_link(&host_name).await.map_err(nl_err)? {
-                return Ok::<bool, CniError>(true);
+            if veth_present && host.delete_link(&host_name).await.map_err(nl_err)? {
+                return Ok(());
             }
             // The host end is gone; if the pod end survived (a foreign host name), remove it.
-            let Some(ns) = pod_ns else {
-                return Ok(false);
-            };
-            let pod = Netlink::open_in(&ns, || Ok(())).map_err(nl_err)?;
-            match pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
-                Some(l) if l.kind.as_deref() == Some("veth") => {
-                    pod.delete_link(&args.ifname).await.map_err(nl_err)
+            if let Some(ns) = pod_ns {
+                let pod = Netlink::open_in(&ns, || Ok(())).map_err(nl_err)?;
+                if let Some(l) = pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
+                    if l.kind.as_deref() == Some("veth") {
+                        pod.delete_link(&args.ifname).await.map_err(nl_err)?;
+                    }
                 }
-                _ => Ok(false),
             }
+            Ok::<(), CniError>(())
         });
-        if let Err(e) = removed.and_then(|r| r) {
-            errors.push(e.msg);
+        if let Err(e) = res.and_then(|r| r) {
+            errors.push(e);
         }
-        // Release the address even if link teardown failed: never leak on the IPAM side.
-        let ipam_res = Ipam::from_args(args).and_then(|i| i.run(Command::Del));
-        let res = match ipam_res {
-            Err(e) if errors.is_empty() => Err(e),
-            Err(e) => {
-                errors.push(e.to_string());
-                Err(CniError::new(codes::NETLINK, errors.join("; ")))
-            }
-            Ok(()) if errors.is_empty() => Ok(()),
-            Ok(()) => Err(CniError::new(codes::NETLINK, errors.join("; "))),
-        };
         drop(fw);
-        res
+        // Every step ran; report all failures, with the first one's code.
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => Err(errors.fold(first, |acc, e| {
+                CniError::new(acc.code, format!("{}; {}", acc.msg, e.msg))
+            })),
+        }
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -379,7 +418,7 @@ impl Plugin for Bridge {
         let prev = args.conf.prev_result.as_ref().ok_or_else(|| {
             CniError::invalid_config("CHECK needs prevResult (the result of ADD)")
         })?;
-        Ipam::from_args(args)?.run(Command::Check)?;
+        IpamClient::for_args(args)?.run(Command::Check)?;
         let pod_ns = open_netns(args)?;
         let pod_if_index = prev
             .interfaces
@@ -475,11 +514,18 @@ impl Plugin for Bridge {
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         BridgeConf::from_netconf(&args.conf)?;
-        Ipam::from_args(args)?.run(Command::Gc)
+        IpamClient::for_args(args)?.run(Command::Gc)
     }
 
+    /// STATUS: anything that would make ADD fail is "not available" (50).
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
         BridgeConf::from_netconf(&args.conf)?;
-        Ipam::from_args(args)?.run(Command::Status)
+        IpamClient::for_args(args)?
+            .run(Command::Status)
+            .map_err(|e| match e.code {
+                codes::NOT_AVAILABLE | codes::LIMITED_CONNECTIVITY => e,
+                _ => CniError::new(codes::NOT_AVAILABLE, format!("IPAM unavailable: {}", e.msg))
+                    .with_details(e.details),
+            })
     }
 }

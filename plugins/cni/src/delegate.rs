@@ -59,16 +59,17 @@ pub fn exec_path(
         None => cmd.env_remove("CNI_NETNS"),
     };
     let name = bin.display().to_string();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| CniError::new(codes::DELEGATE, format!("failed to run {name}")).with_details(e.to_string()))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        CniError::new(codes::DELEGATE, format!("failed to run {name}")).with_details(e.to_string())
+    })?;
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading stdin closes the pipe: not our error.
         let _ = input.write_all(stdin);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::new(codes::DELEGATE, format!("failed to wait for {name}")).with_details(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(codes::DELEGATE, format!("failed to wait for {name}"))
+            .with_details(e.to_string())
+    })?;
     let parsed: Option<Value> = if out.stdout.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -84,8 +85,10 @@ pub fn exec_path(
     if let Some(e) = parsed.as_ref().and_then(CniError::from_json) {
         return Err(e);
     }
-    Err(CniError::new(codes::DELEGATE, format!("{name} failed ({})", out.status))
-        .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    Err(
+        CniError::new(codes::DELEGATE, format!("{name} failed ({})", out.status))
+            .with_details(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    )
 }
 
 /// IPAM helpers: the `ipam.type` plugin, called with the caller's own stdin.
@@ -107,9 +110,14 @@ impl<'a> Ipam<'a> {
     }
 
     pub fn add(&self) -> Result<CniResult, CniError> {
-        let v = exec(self.plugin, Command::Add, self.args, &self.args.stdin)?
-            .ok_or_else(|| CniError::new(codes::DELEGATE, format!("IPAM plugin {} returned no result", self.plugin)))?;
-        CniResult::from_json(&v).map_err(|e| e.context(format!("IPAM plugin {} result", self.plugin)))
+        let v = exec(self.plugin, Command::Add, self.args, &self.args.stdin)?.ok_or_else(|| {
+            CniError::new(
+                codes::DELEGATE,
+                format!("IPAM plugin {} returned no result", self.plugin),
+            )
+        })?;
+        CniResult::from_json(&v)
+            .map_err(|e| e.context(format!("IPAM plugin {} result", self.plugin)))
     }
 
     pub fn run(&self, command: Command) -> Result<(), CniError> {

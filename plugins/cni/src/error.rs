@@ -83,7 +83,11 @@ impl CniError {
         let code = v.get("code")?.as_u64()?;
         Some(CniError {
             code: u32::try_from(code).unwrap_or(u32::MAX),
-            msg: v.get("msg").and_then(Value::as_str).unwrap_or("").to_string(),
+            msg: v
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             details: v
                 .get("details")
                 .and_then(Value::as_str)

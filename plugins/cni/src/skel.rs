@@ -178,7 +178,11 @@ pub fn dispatch<P: Plugin>(plugin: &P, inv: &Invocation) -> Outcome {
         // The reply echoes the caller's version when it sent a config, else the latest.
         let asked = serde_json::from_slice::<serde_json::Value>(&inv.stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(String::from))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|s| s.as_str())
+                    .map(String::from)
+            })
             .unwrap_or_else(|| Version::LATEST.as_str().into());
         let versions: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
         return Outcome::Ok(Some(
@@ -187,7 +191,9 @@ pub fn dispatch<P: Plugin>(plugin: &P, inv: &Invocation) -> Outcome {
     }
     // Required variables per verb, as in the spec's "Parameters" section.
     let required: &[&str] = match command {
-        Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+        Command::Add | Command::Check => {
+            &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+        }
         Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
         Command::Gc | Command::Status => &["CNI_PATH"],
         Command::Version => &[],
@@ -242,7 +248,10 @@ pub fn dispatch<P: Plugin>(plugin: &P, inv: &Invocation) -> Outcome {
         Command::Gc | Command::Status if !conf.cni_version.has_gc_status() => {
             return fail(CniError::new(
                 codes::INCOMPATIBLE_VERSION,
-                format!("config version {version} does not allow {}", command.as_str()),
+                format!(
+                    "config version {version} does not allow {}",
+                    command.as_str()
+                ),
             ))
         }
         _ => {}
@@ -283,9 +292,13 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if bad {
-        return Err(CniError::invalid_env(format!("invalid interface name \"{name}\"")));
+        return Err(CniError::invalid_env(format!(
+            "invalid interface name \"{name}\""
+        )));
     }
     Ok(())
 }
@@ -296,7 +309,9 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(CniError::invalid_env(format!("invalid CNI_ARGS pair \"{p}\""))),
+            _ => Err(CniError::invalid_env(format!(
+                "invalid CNI_ARGS pair \"{p}\""
+            ))),
         })
         .collect()
 }
@@ -347,23 +362,50 @@ mod tests {
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"net","type":"echo"}"#;
 
+    /// (CNI_COMMAND, env overrides, stdin, expected error code or 0 for success)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, u32);
+
     #[test]
     fn table_of_invocations() {
-        // (command, env overrides, stdin, expected error code or 0)
-        let cases: &[(&str, &[(&str, &str)], &str, u32)] = &[
+        let cases: &[Case] = &[
             ("ADD", &[], CONF, 0),
             ("ADD", &[("CNI_NETNS", "")], CONF, codes::INVALID_ENV),
             ("DEL", &[("CNI_NETNS", "")], CONF, 0),
             ("ADD", &[], "{not json", codes::DECODE),
-            ("ADD", &[], r#"{"cniVersion":"7.0.0","name":"n"}"#, codes::INCOMPATIBLE_VERSION),
-            ("ADD", &[("CNI_CONTAINERID", "bad id")], CONF, codes::INVALID_ENV),
-            ("ADD", &[("CNI_IFNAME", "waytoolonginterfacename")], CONF, codes::INVALID_ENV),
+            (
+                "ADD",
+                &[],
+                r#"{"cniVersion":"7.0.0","name":"n"}"#,
+                codes::INCOMPATIBLE_VERSION,
+            ),
+            (
+                "ADD",
+                &[("CNI_CONTAINERID", "bad id")],
+                CONF,
+                codes::INVALID_ENV,
+            ),
+            (
+                "ADD",
+                &[("CNI_IFNAME", "waytoolonginterfacename")],
+                CONF,
+                codes::INVALID_ENV,
+            ),
             ("ADD", &[("CNI_ARGS", "novalue")], CONF, codes::INVALID_ENV),
             ("FROB", &[], CONF, codes::INVALID_ENV),
-            ("CHECK", &[], r#"{"cniVersion":"0.3.1","name":"n"}"#, codes::INCOMPATIBLE_VERSION),
+            (
+                "CHECK",
+                &[],
+                r#"{"cniVersion":"0.3.1","name":"n"}"#,
+                codes::INCOMPATIBLE_VERSION,
+            ),
             ("GC", &[], CONF, codes::INCOMPATIBLE_VERSION),
             ("GC", &[], r#"{"cniVersion":"1.1.0","name":"n"}"#, 0),
-            ("STATUS", &[("CNI_CONTAINERID", "")], r#"{"cniVersion":"1.1.0","name":"n"}"#, 0),
+            (
+                "STATUS",
+                &[("CNI_CONTAINERID", "")],
+                r#"{"cniVersion":"1.1.0","name":"n"}"#,
+                0,
+            ),
         ];
         for (cmd, extra, stdin, want) in cases {
             let o = dispatch(&Echo, &inv(cmd, extra, stdin));

@@ -30,10 +30,7 @@ impl NetConf {
                 .with_details(e.to_string())
         })?;
         let obj = raw.as_object().ok_or_else(|| {
-            CniError::new(
-                codes::DECODE,
-                "network configuration must be a JSON object",
-            )
+            CniError::new(codes::DECODE, "network configuration must be a JSON object")
         })?;
         let version_str = obj
             .get("cniVersion")
@@ -56,9 +53,9 @@ impl NetConf {
             _ => None,
         };
         let prev_result = match obj.get("prevResult") {
-            Some(v) if !v.is_null() => Some(
-                CniResult::from_json(v).map_err(|e| e.context("invalid prevResult"))?,
-            ),
+            Some(v) if !v.is_null() => {
+                Some(CniResult::from_json(v).map_err(|e| e.context("invalid prevResult"))?)
+            }
             _ => None,
         };
         let runtime_config = obj
@@ -91,9 +88,9 @@ impl NetConf {
         let Some(list) = self.raw.get("cni.dev/valid-attachments") else {
             return Ok(Vec::new());
         };
-        let arr = list.as_array().ok_or_else(|| {
-            CniError::invalid_config("cni.dev/valid-attachments must be a list")
-        })?;
+        let arr = list
+            .as_array()
+            .ok_or_else(|| CniError::invalid_config("cni.dev/valid-attachments must be a list"))?;
         arr.iter()
             .map(|a| {
                 let cid = a.get("containerID").and_then(Value::as_str);
@@ -298,7 +295,12 @@ impl CniResult {
     /// Reads a result of any supported version (0.3.x/0.4.0 `ips[].version` is ignored:
     /// the family follows from the address).
     pub fn from_json(v: &Value) -> Result<CniResult, CniError> {
-        let arr = |k: &str| v.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+        let arr = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
         let interfaces = arr("interfaces")
             .iter()
             .map(|i| {
@@ -435,9 +437,10 @@ fn opt_ip(v: Option<&Value>) -> Result<Option<IpAddr>, CniError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
-            CniError::new(codes::DECODE, format!("invalid IP address \"{s}\""))
-        }),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| CniError::new(codes::DECODE, format!("invalid IP address \"{s}\""))),
         Some(other) => Err(CniError::new(
             codes::DECODE,
             format!("invalid IP address {other}"),
@@ -489,13 +492,16 @@ mod tests {
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, codes::DECODE);
         let e = NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n","type":"t"}"#).unwrap_err();
         assert_eq!(e.code, codes::INCOMPATIBLE_VERSION);
-        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"bad/name","type":"t"}"#)
-            .unwrap_err();
+        let e =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"bad/name","type":"t"}"#).unwrap_err();
         assert_eq!(e.code, codes::INVALID_CONFIG);
         let c = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
         )
         .unwrap();
-        assert_eq!(c.valid_attachments().unwrap(), vec![("a".into(), "eth0".into())]);
+        assert_eq!(
+            c.valid_attachments().unwrap(),
+            vec![("a".into(), "eth0".into())]
+        );
     }
 }

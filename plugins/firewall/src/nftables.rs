@@ -8,7 +8,7 @@
 //!     ip saddr @pods4 ip daddr != { <subnets>, 224.0.0.0/4 } masquerade
 //!     ip6 saddr @pods6 ip6 daddr != { <subnets>, ff00::/8 } masquerade } }
 //! ```
-//! The table is created once by `nft -f` (one atomic transaction) under a file lock; after that
+//! The table is created once by `nft -f` (one atomic, idempotent transaction); after that
 //! a pod's ADD/DEL is one netlink batch adding or removing its address.
 
 use crate::nfnetlink::{NfNetlink, NFPROTO_INET};
@@ -16,10 +16,7 @@ use crate::{Error, Firewall, Masquerade, Result};
 use ipnetwork::IpNetwork;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
-
-const LOCK_DIR: &str = "/run/reef";
 
 /// The nftables driver; holds its nfnetlink socket until dropped (see `Firewall`).
 #[derive(Default)]
@@ -27,19 +24,10 @@ pub struct Nftables {
     nl: Option<NfNetlink>,
 }
 
-/// Table name for a network: readable, and safe for nft's identifier syntax.
+/// Table name for a network. CNI network names are `[a-zA-Z0-9_.-]+`, all valid in nft
+/// identifiers, so the mapping is one-to-one.
 pub fn table_name(network: &str) -> String {
-    let clean: String = network
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("reef-masq-{clean}")
+    format!("reef-masq-{network}")
 }
 
 fn set_for(ip: &IpAddr) -> &'static str {
@@ -79,6 +67,7 @@ pub fn table_script(m: &Masquerade) -> String {
          add set inet {table} pods4 {{ type ipv4_addr; }}\n\
          add set inet {table} pods6 {{ type ipv6_addr; }}\n\
          add chain inet {table} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n\
+         flush chain inet {table} postrouting\n\
          add rule inet {table} postrouting ip saddr @pods4 ip daddr != {{ {} }} masquerade\n\
          add rule inet {table} postrouting ip6 saddr @pods6 ip6 daddr != {{ {} }} masquerade\n",
         nets(true, "224.0.0.0/4"),
@@ -109,31 +98,6 @@ pub fn run_nft(script: &str, context: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// An exclusive flock held until drop, serialising table creation across plugin processes.
-struct Lock {
-    _file: std::fs::File,
-}
-
-impl Lock {
-    fn take(name: &str) -> Result<Lock> {
-        std::fs::create_dir_all(LOCK_DIR).map_err(io("create /run/reef"))?;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(format!("{LOCK_DIR}/{name}.lock"))
-            .map_err(io("open lock file"))?;
-        // SAFETY: flock on a valid, owned fd.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::Io {
-                context: "lock".into(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(Lock { _file: f })
-    }
-}
-
 impl Nftables {
     pub fn new() -> Nftables {
         Nftables::default()
@@ -156,14 +120,9 @@ impl Nftables {
         {
             return Ok(());
         }
-        let _lock = Lock::take(&table)?;
-        // Re-check under the lock: another ADD may have created it meanwhile.
-        if nl
-            .table_exists(NFPROTO_INET, &table)
-            .map_err(io("query nftables"))?
-        {
-            return Ok(());
-        }
+        // Every statement is idempotent (`add` of an existing table/set/chain is a no-op and
+        // the chain is flushed before its rules are added) and the script is one
+        // transaction, so concurrent ADDs racing here need no lock and keep set elements.
         run_nft(&table_script(m), &format!("create table {table}"))?;
         Ok(())
     }
@@ -249,7 +208,8 @@ mod tests {
             ],
         };
         let s = table_script(&m);
-        assert!(s.contains("add table inet reef-masq-my_net"));
+        assert!(s.contains("add table inet reef-masq-my.net"));
+        assert!(s.contains("flush chain inet reef-masq-my.net postrouting"));
         assert!(s.contains("ip daddr != { 10.1.0.0/24, 224.0.0.0/4 } masquerade"));
         assert!(s.contains("ip6 daddr != { fd00::/64, ff00::/8 } masquerade"));
     }

@@ -11,7 +11,7 @@ pub mod ops;
 pub mod sysctl;
 
 pub use netns::NetNs;
-pub use ops::{AddrInfo, LinkInfo, Netlink, RouteInfo, RouteSpec};
+pub use ops::{AddrInfo, LinkInfo, Netlink, PendingNetlink, RouteInfo, RouteSpec};
 
 use std::io;
 

@@ -31,6 +31,12 @@ impl NetNs {
         &self.path
     }
 
+    pub fn try_clone_file(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io(format!("dup netns fd {}", self.path), e))
+    }
+
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }

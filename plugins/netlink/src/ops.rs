@@ -4,7 +4,7 @@ use crate::netns::NetNs;
 use crate::{Error, Result};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
@@ -103,6 +103,39 @@ impl RouteSpec {
 
 pub type RouteInfo = RouteSpec;
 
+/// A socket being opened inside another namespace (see `Netlink::open_in_background`).
+pub struct PendingNetlink {
+    handle: Option<std::thread::JoinHandle<Result<RawFd>>>,
+}
+
+impl PendingNetlink {
+    /// Waits for the socket and drives it from the caller's runtime.
+    pub fn connect(mut self) -> Result<Netlink> {
+        let fd = self.join()?;
+        Ok(Netlink::from_fd(fd))
+    }
+
+    fn join(&mut self) -> Result<RawFd> {
+        let h = self
+            .handle
+            .take()
+            .ok_or_else(|| Error::Invalid("netns socket already taken".into()))?;
+        h.join()
+            .map_err(|_| Error::Invalid("netns thread panicked".into()))?
+    }
+}
+
+impl Drop for PendingNetlink {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            if let Ok(fd) = self.join() {
+                // SAFETY: the fd came from Socket::new and nobody else owns it.
+                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+}
+
 /// An rtnetlink connection bound to one network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -130,11 +163,32 @@ impl Netlink {
                 .map_err(|e| Error::io("open rtnetlink socket in netns", e))?;
             Ok(sock.into_raw_fd())
         })??;
+        Ok(Netlink::from_fd(fd))
+    }
+
+    /// Starts opening a socket inside `ns` on its own thread, so the namespace switch overlaps
+    /// whatever the caller does next; `PendingNetlink::connect` picks it up.
+    pub fn open_in_background(ns: &NetNs) -> Result<PendingNetlink> {
+        let file = ns.try_clone_file()?;
+        let path = ns.path().to_string();
+        let handle = std::thread::spawn(move || -> Result<RawFd> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::io(format!("setns {path}"), e.into()))?;
+            let sock = Socket::new(NETLINK_ROUTE)
+                .map_err(|e| Error::io("open rtnetlink socket in netns", e))?;
+            Ok(sock.into_raw_fd())
+        });
+        Ok(PendingNetlink {
+            handle: Some(handle),
+        })
+    }
+
+    fn from_fd(fd: RawFd) -> Netlink {
         // SAFETY: fd was just created by Socket::new and ownership is transferred here.
         let sock = unsafe { TokioSocket::from_raw_fd(fd) };
         let (conn, handle, _) = rtnetlink::from_socket(sock);
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Netlink { handle }
     }
 
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
@@ -286,15 +340,17 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds an address; Ok(false) if it was already there.
+    /// Adds an address; Ok(false) if it was already there. IPv6 addresses skip duplicate
+    /// address detection (IPAM already guarantees uniqueness), so they are usable at once
+    /// instead of staying "tentative" for a second or more.
     pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<bool> {
-        match self
-            .handle
-            .address()
-            .add(index, addr.ip(), addr.prefix())
-            .execute()
-            .await
-        {
+        let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
+        if addr.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
                 let e = Error::nl(format!("add address {addr} to link {index}"), e);

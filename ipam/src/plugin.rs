@@ -1,0 +1,152 @@
+//! The CNI verbs of reef-ipam over the embedded local store. Used by the `reef-ipam` binary
+//! and, in-process, by Reef's main plugins (which saves a process start per ADD/DEL).
+
+use crate::{Handle, IpamConfig, IpamError, LocalStore};
+use reef_cni::{codes, CmdArgs, CniError, CniResult, Dns, IpConfig, Plugin, Route};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// The `reef-ipam` plugin.
+pub struct ReefIpam;
+
+/// The `ipam.type` that selects this plugin.
+pub const PLUGIN_TYPE: &str = "reef-ipam";
+
+fn ipam_err(e: IpamError) -> CniError {
+    CniError::new(e.cni_code(), e.to_string())
+}
+
+fn ipam_section(args: &CmdArgs) -> Result<&Value, CniError> {
+    args.conf
+        .ipam
+        .as_ref()
+        .ok_or_else(|| CniError::invalid_config("missing ipam section"))
+}
+
+fn open(args: &CmdArgs) -> Result<(IpamConfig, LocalStore), CniError> {
+    let cfg = IpamConfig::from_ipam_value(ipam_section(args)?)
+        .map_err(|e| CniError::invalid_config(e.to_string()))?;
+    let store = LocalStore::open(&cfg.data_dir, &args.conf.name).map_err(ipam_err)?;
+    Ok((cfg, store))
+}
+
+fn handle(args: &CmdArgs) -> Handle {
+    Handle::new(args.container_id.clone(), args.ifname.clone())
+}
+
+/// The addresses the runtime says this attachment holds (libcni sends the cached result).
+fn prev_ips(args: &CmdArgs) -> Vec<IpAddr> {
+    args.conf
+        .prev_result
+        .as_ref()
+        .map(|r| r.ips.iter().map(|i| i.address.ip()).collect())
+        .unwrap_or_default()
+}
+
+fn routes(ipam: &Value) -> Result<Vec<Route>, CniError> {
+    match ipam.get("routes") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|r| Route::from_json(r).map_err(|e| CniError::invalid_config(e.msg)))
+            .collect(),
+        Some(_) => Err(CniError::invalid_config("ipam.routes must be a list")),
+    }
+}
+
+/// `resolvConf`: DNS settings read from a resolv.conf-format file, as host-local does.
+fn dns_from_resolv_conf(ipam: &Value) -> Result<Dns, CniError> {
+    let Some(path) = ipam.get("resolvConf").and_then(Value::as_str) else {
+        return Ok(Dns::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CniError::io(format!("failed to read resolvConf {path}"), &e))?;
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.nameservers.extend(words.next().map(String::from)),
+            Some("domain") => dns.domain = words.next().map(String::from),
+            Some("search") => dns.search = words.map(String::from).collect(),
+            Some("options") => dns.options.extend(words.map(String::from)),
+            _ => {}
+        }
+    }
+    Ok(dns)
+}
+
+impl ReefIpam {
+    /// DEL that reports what it released: exactly the addresses this attachment still held,
+    /// which in-process callers use to clean up only what is theirs.
+    pub fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+        let (_, store) = open(args)?;
+        store
+            .release(&handle(args), &prev_ips(args))
+            .map_err(ipam_err)
+    }
+}
+
+impl Plugin for ReefIpam {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        let section = ipam_section(args)?;
+        let routes = routes(section)?;
+        let dns = dns_from_resolv_conf(section)?;
+        let (cfg, store) = open(args)?;
+        let allocations = store.allocate(&cfg, &handle(args)).map_err(ipam_err)?;
+        Ok(CniResult {
+            interfaces: Vec::new(),
+            ips: allocations
+                .into_iter()
+                .map(|a| IpConfig {
+                    address: a.address,
+                    gateway: a.gateway,
+                    interface: None,
+                })
+                .collect(),
+            routes,
+            dns,
+        })
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        self.release(args).map(|_| ())
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        if args.conf.prev_result.is_none() {
+            return Err(CniError::invalid_config("CHECK needs prevResult"));
+        }
+        let (_, store) = open(args)?;
+        store
+            .check(&handle(args), &prev_ips(args))
+            .map_err(|e| CniError::new(codes::CHECK_FAILED, e.to_string()))
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let valid: HashSet<Handle> = args
+            .conf
+            .valid_attachments()?
+            .into_iter()
+            .map(|(c, i)| Handle::new(c, i))
+            .collect();
+        let (_, store) = open(args)?;
+        let released = store.gc(&valid).map_err(ipam_err)?;
+        for (ip, h) in released {
+            eprintln!(
+                "reef-ipam: GC released {ip} held by {}/{}",
+                h.container_id, h.ifname
+            );
+        }
+        Ok(())
+    }
+
+    /// STATUS: any reason the store cannot serve an ADD is "plugin not available" (50).
+    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let (cfg, store) = open(args)
+            .map_err(|e| CniError::new(codes::NOT_AVAILABLE, e.msg).with_details(e.details))?;
+        store
+            .status(&cfg)
+            .map_err(|e| CniError::new(codes::NOT_AVAILABLE, e.to_string()))
+    }
+}
