@@ -385,7 +385,10 @@ impl Plugin for Bridge {
                     errors.push(fw_err(e));
                 }
             }
-            if veth_present && host.delete_link(&host_name).await.map_err(nl_err)? {
+            // Returns once the pair has left both namespaces; the kernel's ~20 ms of
+            // reclamation after that is sat out by a detached child (reef_netlink::detached),
+            // which also inherits the nf_tables socket and so its close-time wait.
+            if veth_present && host.delete_link_fast(&host_name).await.map_err(nl_err)? {
                 return Ok(());
             }
             // The host end is gone; if the pod end survived (a foreign host name), remove it.

@@ -6,6 +6,7 @@
 //! hands the fd back to be driven by the caller's tokio runtime. No tokio worker ever changes
 //! namespace.
 
+pub mod detached;
 pub mod netns;
 pub mod ops;
 pub mod sysctl;

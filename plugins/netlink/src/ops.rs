@@ -330,6 +330,39 @@ impl Netlink {
         }
     }
 
+    /// Deletes a link and returns once it has left the namespace, leaving the kernel's
+    /// reclamation wait to a detached child (see `detached`). Falls back to a plain delete
+    /// when a child cannot be used or fails. Ok(false) when the link did not exist.
+    pub async fn delete_link_fast(&self, name: &str) -> Result<bool> {
+        let child = match crate::detached::start(name) {
+            crate::detached::Started::Child(pid) => pid,
+            crate::detached::Started::Unavailable => return self.delete_link(name).await,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if self.link_by_name(name).await?.is_none() {
+                return Ok(true);
+            }
+            if let Some(verdict) = crate::detached::child_result(child) {
+                // The child finished but the link is still listed: it failed, or raced with
+                // someone else. Decide synchronously.
+                if let Err(e) = verdict {
+                    if e.is_not_found() {
+                        return Ok(false);
+                    }
+                }
+                return self.delete_link(name).await;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Invalid(format!(
+                    "link {name} still present after 10 s"
+                )));
+            }
+            // Unregistering takes ~1 ms; poll finely (this is a short-lived plugin process).
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
     /// Links whose controller (bridge) is `index`.
     pub async fn ports_of(&self, index: u32) -> Result<Vec<LinkInfo>> {
         Ok(self
