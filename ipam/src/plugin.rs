@@ -85,6 +85,25 @@ impl ReefIpam {
             .release(&handle(args), &prev_ips(args))
             .map_err(ipam_err)
     }
+
+    /// GC that reports the addresses it released.
+    pub fn collect_garbage(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+        let valid: HashSet<Handle> = args
+            .conf
+            .valid_attachments()?
+            .into_iter()
+            .map(|(c, i)| Handle::new(c, i))
+            .collect();
+        let (_, store) = open(args)?;
+        let released = store.gc(&valid).map_err(ipam_err)?;
+        for (ip, h) in &released {
+            eprintln!(
+                "reef-ipam: GC released {ip} held by {}/{}",
+                h.container_id, h.ifname
+            );
+        }
+        Ok(released.into_iter().map(|(ip, _)| ip).collect())
+    }
 }
 
 impl Plugin for ReefIpam {
@@ -124,21 +143,7 @@ impl Plugin for ReefIpam {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
-        let valid: HashSet<Handle> = args
-            .conf
-            .valid_attachments()?
-            .into_iter()
-            .map(|(c, i)| Handle::new(c, i))
-            .collect();
-        let (_, store) = open(args)?;
-        let released = store.gc(&valid).map_err(ipam_err)?;
-        for (ip, h) in released {
-            eprintln!(
-                "reef-ipam: GC released {ip} held by {}/{}",
-                h.container_id, h.ifname
-            );
-        }
-        Ok(())
+        self.collect_garbage(args).map(|_| ())
     }
 
     /// STATUS: any reason the store cannot serve an ADD is "plugin not available" (50).

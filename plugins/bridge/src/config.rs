@@ -63,6 +63,22 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("reef{:011x}", h >> 20)
 }
 
+/// Alias put on the host veth: which network and attachment it serves, so GC can find the
+/// veths of attachments the runtime no longer knows (several networks may share a bridge).
+pub fn host_veth_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("reef:{network}:{container_id}:{ifname}")
+}
+
+/// The (container id, ifname) of a host veth alias of `network`, if it is one.
+pub fn parse_host_veth_alias<'a>(alias: &'a str, network: &str) -> Option<(&'a str, &'a str)> {
+    let rest = alias
+        .strip_prefix("reef:")?
+        .strip_prefix(network)?
+        .strip_prefix(':')?;
+    // Container ids and ifnames contain no ':' (validated by the dispatcher).
+    rest.split_once(':')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +91,14 @@ mod tests {
         assert_ne!(a, host_veth_name("abd", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(a.starts_with("reef"));
+    }
+
+    #[test]
+    fn alias_roundtrip_is_scoped_to_the_network() {
+        let a = host_veth_alias("net.a", "cid-1", "eth0");
+        assert_eq!(parse_host_veth_alias(&a, "net.a"), Some(("cid-1", "eth0")));
+        assert_eq!(parse_host_veth_alias(&a, "net"), None);
+        assert_eq!(parse_host_veth_alias("something else", "net.a"), None);
     }
 
     #[test]

@@ -38,6 +38,14 @@ impl<'a> IpamClient<'a> {
         }
     }
 
+    /// GC; in-process it returns the addresses released.
+    pub fn gc(&self) -> Result<Option<Vec<std::net::IpAddr>>, CniError> {
+        match self {
+            IpamClient::InProcess(args) => ReefIpam.collect_garbage(args).map(Some),
+            IpamClient::Exec(i) => i.run(Command::Gc).map(|_| None),
+        }
+    }
+
     /// DEL, CHECK, GC or STATUS.
     pub fn run(&self, command: Command) -> Result<(), CniError> {
         match self {

@@ -1,6 +1,6 @@
 //! The verbs.
 
-use crate::config::{host_veth_name, BridgeConf};
+use crate::config::{host_veth_alias, host_veth_name, parse_host_veth_alias, BridgeConf};
 use crate::ipam::IpamClient;
 use ipnetwork::IpNetwork;
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, Plugin, Route};
@@ -153,21 +153,29 @@ impl Bridge {
             }
         }
         let host_name = host_veth_name(&args.container_id, &args.ifname);
-        host.create_veth(&host_name, &args.ifname, pod_ns, conf.mtu, Some(br.index))
-            .await
-            .map_err(|e| {
-                if e.is_exists() {
-                    CniError::new(
-                        codes::NETLINK,
-                        format!(
-                            "interface {} already exists in the pod or {host_name} on the host",
-                            args.ifname
-                        ),
-                    )
-                } else {
-                    nl_err(e)
-                }
-            })?;
+        let alias = host_veth_alias(&args.conf.name, &args.container_id, &args.ifname);
+        host.create_veth(
+            &host_name,
+            &args.ifname,
+            pod_ns,
+            conf.mtu,
+            Some(br.index),
+            Some(&alias),
+        )
+        .await
+        .map_err(|e| {
+            if e.is_exists() {
+                CniError::new(
+                    codes::NETLINK,
+                    format!(
+                        "interface {} already exists in the pod or {host_name} on the host",
+                        args.ifname
+                    ),
+                )
+            } else {
+                nl_err(e)
+            }
+        })?;
         undo.veth = Some(host_name.clone());
         let host_link = host
             .link_by_name(&host_name)
@@ -515,9 +523,55 @@ impl Plugin for Bridge {
         Ok(())
     }
 
+    /// GC: everything this network holds for attachments the runtime no longer lists: IPAM
+    /// records, masquerade entries of the released addresses, and host veths (found by alias).
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
-        BridgeConf::from_netconf(&args.conf)?;
-        IpamClient::for_args(args)?.run(Command::Gc)
+        let conf = BridgeConf::from_netconf(&args.conf)?;
+        let valid: std::collections::HashSet<(String, String)> =
+            args.conf.valid_attachments()?.into_iter().collect();
+        let mut errors: Vec<CniError> = Vec::new();
+        let released = IpamClient::for_args(args).and_then(|i| i.gc());
+        let released = released.unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
+        let mut fw = Nftables::new();
+        if let (true, Some(ips)) = (conf.ip_masq, &released) {
+            if let Err(e) = fw.del_masquerade(&args.conf.name, ips) {
+                errors.push(fw_err(e));
+            }
+        }
+        let stale = block_on(async {
+            let host = Netlink::current().map_err(nl_err)?;
+            let mut removed = Vec::new();
+            for l in host.links().await.map_err(nl_err)? {
+                let Some(alias) = l.alias.as_deref() else {
+                    continue;
+                };
+                let Some((cid, ifname)) = parse_host_veth_alias(alias, &args.conf.name) else {
+                    continue;
+                };
+                if !valid.contains(&(cid.to_string(), ifname.to_string())) {
+                    host.delete_link(&l.name).await.map_err(nl_err)?;
+                    removed.push(l.name);
+                }
+            }
+            Ok::<Vec<String>, CniError>(removed)
+        });
+        match stale.and_then(|r| r) {
+            Ok(removed) if !removed.is_empty() => {
+                eprintln!("reef-bridge: GC removed stale host veths {removed:?}");
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => Err(errors.fold(first, |acc, e| {
+                CniError::new(acc.code, format!("{}; {}", acc.msg, e.msg))
+            })),
+        }
     }
 
     /// STATUS: anything that would make ADD fail is "not available" (50).

@@ -26,6 +26,7 @@ pub struct LinkInfo {
     pub mtu: Option<u32>,
     pub controller: Option<u32>,
     pub kind: Option<String>,
+    pub alias: Option<String>,
     pub up: bool,
 }
 
@@ -38,6 +39,7 @@ impl LinkInfo {
             mtu: None,
             controller: None,
             kind: None,
+            alias: None,
             up: m.header.flags.contains(LinkFlags::Up),
         };
         for a in &m.attributes {
@@ -46,6 +48,7 @@ impl LinkInfo {
                 LinkAttribute::Address(mac) if mac.len() == 6 => li.mac = Some(format_mac(mac)),
                 LinkAttribute::Mtu(v) => li.mtu = Some(*v),
                 LinkAttribute::Controller(c) => li.controller = Some(*c),
+                LinkAttribute::IfAlias(a) => li.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
@@ -273,8 +276,8 @@ impl Netlink {
             .map_err(|e| Error::nl(format!("set link {index} up"), e))
     }
 
-    /// Creates a veth pair in one request: `host` here (up, attached to `controller`), `peer`
-    /// created directly inside `peer_ns` so it never appears in this namespace.
+    /// Creates a veth pair in one request: `host` here (up, attached to `controller`, labelled
+    /// with `alias`), `peer` created directly inside `peer_ns` so it never appears here.
     pub async fn create_veth(
         &self,
         host: &str,
@@ -282,6 +285,7 @@ impl Netlink {
         peer_ns: &NetNs,
         mtu: Option<u32>,
         controller: Option<u32>,
+        alias: Option<&str>,
     ) -> Result<()> {
         let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.fd());
         if let Some(m) = mtu {
@@ -301,7 +305,17 @@ impl Netlink {
             .add(v.build())
             .execute()
             .await
-            .map_err(|e| Error::nl(format!("create veth {host} (peer {peer})"), e))
+            .map_err(|e| Error::nl(format!("create veth {host} (peer {peer})"), e))?;
+        // The kernel ignores IFLA_IFALIAS when creating a link; only setlink applies it.
+        if let Some(a) = alias {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_name(host).alias(a).build())
+                .execute()
+                .await
+                .map_err(|e| Error::nl(format!("set alias of {host}"), e))?;
+        }
+        Ok(())
     }
 
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
