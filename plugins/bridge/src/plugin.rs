@@ -414,14 +414,7 @@ impl Plugin for Bridge {
             errors.push(e);
         }
         drop(fw);
-        // Every step ran; report all failures, with the first one's code.
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => Ok(()),
-            Some(first) => Err(errors.fold(first, |acc, e| {
-                CniError::new(acc.code, format!("{}; {}", acc.msg, e.msg))
-            })),
-        }
+        CniError::all(errors)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -565,13 +558,7 @@ impl Plugin for Bridge {
             Ok(_) => {}
             Err(e) => errors.push(e),
         }
-        let mut errors = errors.into_iter();
-        match errors.next() {
-            None => Ok(()),
-            Some(first) => Err(errors.fold(first, |acc, e| {
-                CniError::new(acc.code, format!("{}; {}", acc.msg, e.msg))
-            })),
-        }
+        CniError::all(errors)
     }
 
     /// STATUS: anything that would make ADD fail is "not available" (50).

@@ -69,6 +69,19 @@ impl CniError {
         self
     }
 
+    /// Teardown-style result: every step ran and collected its error; report them all, with
+    /// the first one's code (it is usually the cause of the rest).
+    pub fn all(errors: Vec<CniError>) -> Result<(), CniError> {
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(first) => Err(errors.fold(first, |mut acc, e| {
+                acc.msg = format!("{}; {}", acc.msg, e.msg);
+                acc
+            })),
+        }
+    }
+
     pub fn to_json(&self, cni_version: &str) -> Value {
         json!({
             "cniVersion": cni_version,
@@ -108,3 +121,20 @@ impl fmt::Display for CniError {
 }
 
 impl std::error::Error for CniError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keeps_first_code_and_every_message() {
+        assert_eq!(CniError::all(vec![]), Ok(()));
+        let e = CniError::all(vec![
+            CniError::new(104, "range full"),
+            CniError::new(100, "veth busy"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.code, 104);
+        assert_eq!(e.msg, "range full; veth busy");
+    }
+}
