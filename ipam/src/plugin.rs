@@ -1,6 +1,8 @@
-//! The CNI verbs of reef-ipam over the embedded local store. Used by the `reef-ipam` binary
-//! and, in-process, by Reef's main plugins (which saves a process start per ADD/DEL).
+//! The CNI verbs of reef-ipam over either store: the embedded local store (`ranges`), or the
+//! cluster store on etcd (`etcd` + `nodeName`). Used by the `reef-ipam` binary and,
+//! in-process, by Reef's main plugins (which saves a process start per ADD/DEL).
 
+use crate::cluster::{ClusterError, ClusterIpamConfig, ClusterStore};
 use crate::{Handle, IpamConfig, IpamError, LocalStore};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Dns, IpConfig, Plugin, Route};
 use serde_json::Value;
@@ -29,6 +31,52 @@ fn open(args: &CmdArgs) -> Result<(IpamConfig, LocalStore), CniError> {
         .map_err(|e| CniError::invalid_config(e.to_string()))?;
     let store = LocalStore::open(&cfg.data_dir, &args.conf.name).map_err(ipam_err)?;
     Ok((cfg, store))
+}
+
+/// The cluster store's section, when the config selects it.
+fn cluster_config(args: &CmdArgs) -> Result<Option<ClusterIpamConfig>, CniError> {
+    match ClusterIpamConfig::from_ipam_value(ipam_section(args)?) {
+        None => Ok(None),
+        Some(r) => r.map(Some).map_err(cluster_err),
+    }
+}
+
+fn cluster_err(e: ClusterError) -> CniError {
+    CniError::new(e.cni_code(), e.to_string())
+}
+
+/// Runs one cluster-store operation on its own runtime. When the caller is already inside a
+/// runtime (reef-bridge calls IPAM in-process from async code), it runs on a short-lived
+/// thread, because a runtime cannot block inside another.
+fn with_cluster<T, F>(cfg: &ClusterIpamConfig, op: F) -> Result<T, CniError>
+where
+    T: Send,
+    F: for<'a> FnOnce(
+            &'a mut ClusterStore,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, ClusterError>> + Send + 'a>,
+        > + Send,
+{
+    let run = move || -> Result<T, CniError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CniError::io("failed to start runtime", &e))?;
+        rt.block_on(async {
+            let mut store = ClusterStore::open(cfg).await?;
+            op(&mut store).await
+        })
+        .map_err(cluster_err)
+    };
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| {
+            s.spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err(CniError::new(codes::INTERNAL, "IPAM thread panicked")))
+        })
+    } else {
+        run()
+    }
 }
 
 fn handle(args: &CmdArgs) -> Handle {
@@ -80,6 +128,16 @@ impl ReefIpam {
     /// DEL that reports what it released: exactly the addresses this attachment still held,
     /// which in-process callers use to clean up only what is theirs.
     pub fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+        if let Some(cfg) = cluster_config(args)? {
+            let (cid, ifn, hint) = (
+                args.container_id.clone(),
+                args.ifname.clone(),
+                prev_ips(args),
+            );
+            return with_cluster(&cfg, move |s| {
+                Box::pin(async move { s.release(&cid, &ifn, &hint).await })
+            });
+        }
         let (_, store) = open(args)?;
         store
             .release(&handle(args), &prev_ips(args))
@@ -94,6 +152,13 @@ impl ReefIpam {
             .into_iter()
             .map(|(c, i)| Handle::new(c, i))
             .collect();
+        if let Some(cfg) = cluster_config(args)? {
+            let pairs: HashSet<(String, String)> = valid
+                .into_iter()
+                .map(|h| (h.container_id, h.ifname))
+                .collect();
+            return with_cluster(&cfg, move |s| Box::pin(async move { s.gc(&pairs).await }));
+        }
         let (_, store) = open(args)?;
         let released = store.gc(&valid).map_err(ipam_err)?;
         for (ip, h) in &released {
@@ -111,18 +176,34 @@ impl Plugin for ReefIpam {
         let section = ipam_section(args)?;
         let routes = routes(section)?;
         let dns = dns_from_resolv_conf(section)?;
-        let (cfg, store) = open(args)?;
-        let allocations = store.allocate(&cfg, &handle(args)).map_err(ipam_err)?;
-        Ok(CniResult {
-            interfaces: Vec::new(),
-            ips: allocations
+        let ips: Vec<IpConfig> = if let Some(cfg) = cluster_config(args)? {
+            let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
+            with_cluster(&cfg, move |s| {
+                Box::pin(async move { s.allocate(&cid, &ifn).await })
+            })?
+            .into_iter()
+            .map(|a| IpConfig {
+                address: a.address,
+                gateway: a.gateway,
+                interface: None,
+            })
+            .collect()
+        } else {
+            let (cfg, store) = open(args)?;
+            store
+                .allocate(&cfg, &handle(args))
+                .map_err(ipam_err)?
                 .into_iter()
                 .map(|a| IpConfig {
                     address: a.address,
                     gateway: a.gateway,
                     interface: None,
                 })
-                .collect(),
+                .collect()
+        };
+        Ok(CniResult {
+            interfaces: Vec::new(),
+            ips,
             routes,
             dns,
         })
@@ -136,6 +217,20 @@ impl Plugin for ReefIpam {
         if args.conf.prev_result.is_none() {
             return Err(CniError::invalid_config("CHECK needs prevResult"));
         }
+        if let Some(cfg) = cluster_config(args)? {
+            let (cid, ifn, want) = (
+                args.container_id.clone(),
+                args.ifname.clone(),
+                prev_ips(args),
+            );
+            return with_cluster(&cfg, move |s| {
+                Box::pin(async move { s.check(&cid, &ifn, &want).await })
+            })
+            .map_err(|e| match e.code {
+                105 => CniError::new(codes::CHECK_FAILED, e.msg),
+                _ => e,
+            });
+        }
         let (_, store) = open(args)?;
         store
             .check(&handle(args), &prev_ips(args))
@@ -148,6 +243,10 @@ impl Plugin for ReefIpam {
 
     /// STATUS: any reason the store cannot serve an ADD is "plugin not available" (50).
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        if let Some(cfg) = cluster_config(args)? {
+            return with_cluster(&cfg, |s| Box::pin(async move { s.status().await }))
+                .map_err(|e| CniError::new(codes::NOT_AVAILABLE, e.msg).with_details(e.details));
+        }
         let (cfg, store) = open(args)
             .map_err(|e| CniError::new(codes::NOT_AVAILABLE, e.msg).with_details(e.details))?;
         store

@@ -1,0 +1,200 @@
+//! Kernel-adapter-level access to etcd for Reef: connecting (endpoints, TLS, timeouts), and
+//! the handful of KV operations Reef uses, with errors that say which endpoints failed and
+//! whether trying again later can help. Domain logic (IPAM blocks, nodes) lives above this.
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+pub use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
+};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `"etcd": {"endpoints": [...], "tls": {"ca", "cert", "key"}}` in configs, and the CLI flags.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct TlsFiles {
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// etcd could not be reached or did not answer in time: worth retrying later.
+    #[error("etcd unavailable at {endpoints}: {detail}")]
+    Unavailable { endpoints: String, detail: String },
+    /// Bad configuration (endpoints, TLS files): retrying will not help.
+    #[error("etcd configuration: {0}")]
+    Config(String),
+    /// etcd answered with an error (permission, certificate, invalid request).
+    #[error("etcd at {endpoints} refused the request: {detail}")]
+    Rejected { endpoints: String, detail: String },
+    /// A value in etcd could not be decoded.
+    #[error("invalid data in etcd at {key}: {detail}")]
+    Decode { key: String, detail: String },
+}
+
+impl Error {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Time budgets: a plugin must fail within 5 s when etcd is down (CNI code 11), so a
+/// connection attempt gets 2 s and each request 2 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Etcd {
+    client: Client,
+    endpoints: String,
+}
+
+fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Config(format!("read {what} {}: {e}", path.display())))
+}
+
+impl Etcd {
+    pub async fn connect(cfg: &EtcdConfig) -> Result<Etcd> {
+        if cfg.endpoints.is_empty() {
+            return Err(Error::Config("no etcd endpoints".into()));
+        }
+        let endpoints = cfg.endpoints.join(",");
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT);
+        if let Some(tls) = &cfg.tls {
+            let mut t = TlsOptions::new();
+            if let Some(ca) = &tls.ca {
+                t = t.ca_certificate(Certificate::from_pem(read(ca, "CA certificate")?));
+            }
+            match (&tls.cert, &tls.key) {
+                (Some(c), Some(k)) => {
+                    t = t.identity(Identity::from_pem(
+                        read(c, "client certificate")?,
+                        read(k, "client key")?,
+                    ))
+                }
+                (None, None) => {}
+                _ => return Err(Error::Config("tls.cert and tls.key go together".into())),
+            }
+            opts = opts.with_tls(t);
+        }
+        let connect = Client::connect(&cfg.endpoints, Some(opts));
+        let client = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: endpoints.clone(),
+                detail: "connection timed out".into(),
+            })?
+            .map_err(|e| classify(&endpoints, e))?;
+        Ok(Etcd { client, endpoints })
+    }
+
+    pub fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    fn err(&self, e: etcd_client::Error) -> Error {
+        classify(&self.endpoints, e)
+    }
+
+    pub async fn get(&mut self, key: &str) -> Result<Option<KeyValue>> {
+        let mut r = self.client.get(key, None).await.map_err(|e| self.err(e))?;
+        Ok(r.take_kvs().into_iter().next())
+    }
+
+    pub async fn get_prefix(&mut self, prefix: &str) -> Result<Vec<KeyValue>> {
+        let mut r = self
+            .client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.take_kvs())
+    }
+
+    pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<i64> {
+        let r = self
+            .client
+            .put(key, value, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    pub async fn delete(&mut self, key: &str) -> Result<()> {
+        self.client
+            .delete(key, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub async fn txn(&mut self, txn: Txn) -> Result<TxnResponse> {
+        self.client.txn(txn).await.map_err(|e| self.err(e))
+    }
+}
+
+/// Transport failures and unavailable/deadline statuses are "try again later"; anything else
+/// (bad certificate, permission) is a refusal.
+fn classify(endpoints: &str, e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    let detail = match &e {
+        E::TransportError(t) => {
+            let mut s = t.to_string();
+            let mut src = std::error::Error::source(t);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+        other => other.to_string(),
+    };
+    let unavailable = match &e {
+        E::TransportError(_) | E::IoError(_) => true,
+        // gRPC codes Cancelled (1), DeadlineExceeded (4), Unavailable (14).
+        E::GRpcStatus(s) => matches!(s.code() as i32, 1 | 4 | 14),
+        _ => false,
+    };
+    if unavailable && !looks_like_tls_refusal(&detail) {
+        Error::Unavailable {
+            endpoints: endpoints.to_string(),
+            detail,
+        }
+    } else {
+        Error::Rejected {
+            endpoints: endpoints.to_string(),
+            detail,
+        }
+    }
+}
+
+/// A TLS handshake refused for a missing or bad client certificate surfaces as a transport
+/// error; retrying will not fix it, so it must not read as "unavailable".
+fn looks_like_tls_refusal(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "certificate",
+        "handshake",
+        "tls",
+        "unknown ca",
+        "bad certificate",
+    ]
+    .iter()
+    .any(|w| d.contains(w))
+}
