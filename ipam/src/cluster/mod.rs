@@ -889,7 +889,11 @@ pub mod admin {
             released_blocks: Vec::new(),
             orphan_allocations: Vec::new(),
         };
+        let in_scope = |n: &str| node.is_none_or(|only| only == n);
         for (id, rec) in &snap.handles {
+            if !in_scope(&rec.node) {
+                continue;
+            }
             let gone = !nodes.contains(rec.node.as_str());
             let invalid = node == Some(rec.node.as_str()) && valid.is_some_and(|v| !v.contains(id));
             if gone || invalid {
@@ -901,6 +905,9 @@ pub mod admin {
         let snap = snapshot(etcd).await?;
         let handles: HashSet<&str> = snap.handles.iter().map(|(id, _)| id.as_str()).collect();
         for (key, rev, block) in &snap.blocks {
+            if !in_scope(&block.node) {
+                continue;
+            }
             let orphans: Vec<u32> = block
                 .allocations
                 .iter()

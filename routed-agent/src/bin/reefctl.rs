@@ -1,0 +1,428 @@
+//! reefctl: the operator CLI for a Reef cluster (state in etcd).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnetwork::IpNetwork;
+use reef_etcd::{Etcd, EtcdConfig, TlsFiles};
+use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
+use reef_ipam::cluster::model::{ClusterConfig, Mode, Pool};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reefctl",
+    about = "Operate a Reef cluster (state in etcd)",
+    version
+)]
+struct Cli {
+    /// etcd endpoints, comma separated.
+    #[arg(long, env = "REEF_ETCD", value_delimiter = ',', global = true)]
+    etcd: Vec<String>,
+    /// CA certificate to verify etcd's server certificate.
+    #[arg(long, global = true)]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (with --etcd-key) for etcd's client-cert-auth.
+    #[arg(long, global = true)]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, global = true)]
+    etcd_key: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write the cluster configuration: pools, block size, mode.
+    Init {
+        /// IPv4 pool, e.g. 10.244.0.0/16.
+        #[arg(long)]
+        pool: Option<IpNetwork>,
+        /// IPv6 pool, e.g. fd00:244::/48.
+        #[arg(long)]
+        pool6: Option<IpNetwork>,
+        /// IPv4 block prefix length (26 = 64 addresses per block).
+        #[arg(long, default_value_t = 26)]
+        block_size: u8,
+        /// IPv6 block prefix length.
+        #[arg(long, default_value_t = 122)]
+        block_size6: u8,
+        #[arg(long, value_parser = ["routed", "vxlan", "vxlan-crosssubnet"])]
+        mode: String,
+        #[arg(long, default_value_t = 1)]
+        vni: u32,
+        /// Do not masquerade pod traffic leaving the pools.
+        #[arg(long)]
+        no_nat_outgoing: bool,
+        /// Re-initialise even if it drops pools in use or switches mode.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Address management.
+    Ipam {
+        #[command(subcommand)]
+        command: IpamCmd,
+    },
+    /// Nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
+    /// Blocks.
+    Block {
+        #[command(subcommand)]
+        command: BlockCmd,
+    },
+    /// Cluster overview.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum IpamCmd {
+    /// Pools, blocks per node, utilisation, borrowed addresses.
+    Show,
+    /// Release leaked addresses: handles of removed nodes, allocations without a handle,
+    /// empty blocks of removed nodes.
+    Gc {
+        /// Limit to one node's leaks (still cluster-consistent).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    Ls,
+    /// Remove a node: release its addresses, delete its blocks and its record.
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlockCmd {
+    Ls,
+}
+
+/// A count as a JSON number when it fits (IPv6 pools can exceed u64).
+fn num(n: u128) -> Value {
+    u64::try_from(n)
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::from(n.to_string()))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("reefctl: {msg}");
+    ExitCode::FAILURE
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.etcd.is_empty() {
+        return fail("no etcd endpoint: use --etcd URL or set REEF_ETCD");
+    }
+    let tls = (cli.etcd_ca.is_some() || cli.etcd_cert.is_some()).then(|| TlsFiles {
+        ca: cli.etcd_ca.clone(),
+        cert: cli.etcd_cert.clone(),
+        key: cli.etcd_key.clone(),
+    });
+    let cfg = EtcdConfig {
+        endpoints: cli.etcd.clone(),
+        tls,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start runtime: {e}")),
+    };
+    match rt.block_on(run(&cli, &cfg)) {
+        Ok((text, value)) => {
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                ),
+                Output::Text => print!("{text}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+type Res = Result<(String, Value), String>;
+
+async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
+    let mut etcd = Etcd::connect(cfg).await.map_err(|e| e.to_string())?;
+    match &cli.command {
+        Cmd::Init {
+            pool,
+            pool6,
+            block_size,
+            block_size6,
+            mode,
+            vni,
+            no_nat_outgoing,
+            force,
+        } => {
+            let mut pools = Vec::new();
+            if let Some(p) = pool {
+                if !p.is_ipv4() {
+                    return Err(format!("--pool {p} is not IPv4 (use --pool6)"));
+                }
+                pools.push(Pool {
+                    cidr: *p,
+                    block_prefix: *block_size,
+                    nat_outgoing: !no_nat_outgoing,
+                });
+            }
+            if let Some(p) = pool6 {
+                if p.is_ipv4() {
+                    return Err(format!("--pool6 {p} is not IPv6"));
+                }
+                pools.push(Pool {
+                    cidr: *p,
+                    block_prefix: *block_size6,
+                    nat_outgoing: !no_nat_outgoing,
+                });
+            }
+            if pools.is_empty() {
+                return Err("init needs --pool and/or --pool6".into());
+            }
+            let mode = Mode::parse(mode).ok_or_else(|| format!("unknown mode {mode}"))?;
+            let config = ClusterConfig {
+                pools,
+                mode,
+                vni: *vni,
+            };
+            admin::init(&mut etcd, &config, *force)
+                .await
+                .map_err(|e| e.to_string())?;
+            let text = format!(
+                "initialised: mode {}, pools {}\n",
+                mode.as_str(),
+                config
+                    .pools
+                    .iter()
+                    .map(|p| format!("{} (/{} blocks)", p.cidr, p.block_prefix))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok((text, serde_json::to_value(&config).unwrap_or_default()))
+        }
+        Cmd::Ipam {
+            command: IpamCmd::Show,
+        } => {
+            let snap = admin::snapshot(&mut etcd)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ipam_show(&snap))
+        }
+        Cmd::Ipam {
+            command: IpamCmd::Gc { node },
+        } => {
+            let report = admin::gc(&mut etcd, node.as_deref(), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(gc_report(&report))
+        }
+        Cmd::Node {
+            command: NodeCmd::Ls,
+        } => {
+            let snap = admin::snapshot(&mut etcd)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut rows = Vec::new();
+            let mut text = format!("{:<24} {:>7} {:>10}\n", "NODE", "BLOCKS", "ADDRESSES");
+            for n in &snap.nodes {
+                let blocks = snap.blocks.iter().filter(|(_, _, b)| &b.node == n).count();
+                let addrs = snap
+                    .handles
+                    .iter()
+                    .filter(|(_, h)| &h.node == n)
+                    .map(|(_, h)| h.ips.len())
+                    .sum::<usize>();
+                text.push_str(&format!("{n:<24} {blocks:>7} {addrs:>10}\n"));
+                rows.push(json!({"name": n, "blocks": blocks, "addresses": addrs}));
+            }
+            Ok((text, Value::Array(rows)))
+        }
+        Cmd::Node {
+            command: NodeCmd::Rm { name },
+        } => {
+            let report = admin::node_rm(&mut etcd, name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (text, value) = gc_report(&report);
+            Ok((format!("node {name} removed\n{text}"), value))
+        }
+        Cmd::Block {
+            command: BlockCmd::Ls,
+        } => {
+            let snap = admin::snapshot(&mut etcd)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut text = format!(
+                "{:<28} {:<20} {:>6} {:>9}\n",
+                "BLOCK", "NODE", "USED", "CAPACITY"
+            );
+            let mut rows = Vec::new();
+            for (_, _, b) in &snap.blocks {
+                text.push_str(&format!(
+                    "{:<28} {:<20} {:>6} {:>9}\n",
+                    b.cidr.to_string(),
+                    b.node,
+                    b.allocations.len(),
+                    b.capacity()
+                ));
+                rows.push(json!({"cidr": b.cidr.to_string(), "node": b.node, "used": b.allocations.len(), "capacity": num(b.capacity())}));
+            }
+            Ok((text, Value::Array(rows)))
+        }
+        Cmd::Status => {
+            let snap = admin::snapshot(&mut etcd)
+                .await
+                .map_err(|e| e.to_string())?;
+            let value = json!({
+                "etcd": "ok",
+                "endpoints": etcd.endpoints(),
+                "initialised": snap.config.is_some(),
+                "mode": snap.config.as_ref().map(|c| c.mode.as_str()),
+                "pools": snap.config.as_ref().map(|c| c.pools.iter().map(|p| p.cidr.to_string()).collect::<Vec<_>>()),
+                "nodes": snap.nodes.len(),
+                "blocks": snap.blocks.len(),
+                "handles": snap.handles.len(),
+            });
+            let text = match &snap.config {
+                None => format!("etcd {}: ok\ncluster: not initialised (run reefctl init)\n", etcd.endpoints()),
+                Some(c) => format!(
+                    "etcd {}: ok\nmode: {}\npools: {}\nnodes: {}  blocks: {}  allocated handles: {}\n",
+                    etcd.endpoints(),
+                    c.mode.as_str(),
+                    c.pools.iter().map(|p| p.cidr.to_string()).collect::<Vec<_>>().join(", "),
+                    snap.nodes.len(),
+                    snap.blocks.len(),
+                    snap.handles.len()
+                ),
+            };
+            Ok((text, value))
+        }
+    }
+}
+
+fn ipam_show(snap: &Snapshot) -> (String, Value) {
+    let mut text = String::new();
+    let mut pools = Vec::new();
+    if let Some(c) = &snap.config {
+        text.push_str("POOLS\n");
+        for p in &c.pools {
+            let blocks: Vec<_> = snap
+                .blocks
+                .iter()
+                .filter(|(_, _, b)| p.cidr.contains(b.cidr.network()))
+                .collect();
+            let capacity: u128 = blocks.iter().map(|(_, _, b)| b.capacity()).sum();
+            let used: usize = blocks.iter().map(|(_, _, b)| b.allocations.len()).sum();
+            text.push_str(&format!(
+                "  {:<24} /{} blocks: {} claimed of {}, {used} of {capacity} addresses in claimed blocks used\n",
+                p.cidr.to_string(),
+                p.block_prefix,
+                blocks.len(),
+                p.block_count()
+            ));
+            pools.push(json!({"cidr": p.cidr.to_string(), "blockPrefix": p.block_prefix, "blocks": blocks.len(),
+                              "capacity": num(capacity), "used": used}));
+        }
+    } else {
+        text.push_str("cluster not initialised (run reefctl init)\n");
+    }
+    let mut by_node: BTreeMap<&str, Vec<&reef_ipam::cluster::model::Block>> = BTreeMap::new();
+    for n in &snap.nodes {
+        by_node.entry(n.as_str()).or_default();
+    }
+    for (_, _, b) in &snap.blocks {
+        by_node.entry(b.node.as_str()).or_default().push(b);
+    }
+    let mut nodes = Vec::new();
+    text.push_str("NODES\n");
+    for (node, blocks) in &by_node {
+        let used: usize = snap
+            .handles
+            .iter()
+            .filter(|(_, h)| h.node == *node)
+            .map(|(_, h)| h.ips.len())
+            .sum();
+        text.push_str(&format!("  {node}: {used} addresses\n"));
+        let mut rows = Vec::new();
+        for b in blocks {
+            let lent = b
+                .allocations
+                .values()
+                .filter(|a| a.borrowed_by.is_some())
+                .count();
+            text.push_str(&format!(
+                "    {:<28} {:>4}/{:<4} used{}\n",
+                b.cidr.to_string(),
+                b.allocations.len(),
+                b.capacity(),
+                if lent > 0 {
+                    format!(" ({lent} borrowed by other nodes)")
+                } else {
+                    String::new()
+                }
+            ));
+            rows.push(
+                json!({"cidr": b.cidr.to_string(), "capacity": num(b.capacity()),
+                             "used": b.allocations.len(), "borrowedOut": lent}),
+            );
+        }
+        nodes.push(json!({"name": node, "blocks": rows, "used": used}));
+    }
+    let mut borrowed = Vec::new();
+    if !snap.borrowed.is_empty() {
+        text.push_str("BORROWED\n");
+    }
+    for (ip, rec) in &snap.borrowed {
+        let owner = snap
+            .blocks
+            .iter()
+            .find(|(_, _, b)| b.cidr == rec.block)
+            .map(|(_, _, b)| b.node.clone())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "  {ip} used by {} from block {} of {owner}\n",
+            rec.node, rec.block
+        ));
+        borrowed.push(json!({"ip": ip.to_string(), "node": rec.node, "block": rec.block.to_string(), "blockNode": owner}));
+    }
+    let value = json!({"pools": pools, "nodes": nodes, "borrowed": borrowed, "handles": snap.handles.len()});
+    (text, value)
+}
+
+fn gc_report(r: &GcReport) -> (String, Value) {
+    let text = format!(
+        "released {} handles ({} addresses), {} orphan allocations, {} empty blocks\n",
+        r.released_handles.len(),
+        r.released_ips.len(),
+        r.orphan_allocations.len(),
+        r.released_blocks.len()
+    );
+    let value = json!({
+        "releasedHandles": r.released_handles,
+        "releasedIps": r.released_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "releasedBlocks": r.released_blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        "orphanAllocations": r.orphan_allocations.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+    });
+    (text, value)
+}
