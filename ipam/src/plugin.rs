@@ -129,13 +129,9 @@ impl ReefIpam {
     /// which in-process callers use to clean up only what is theirs.
     pub fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
         if let Some(cfg) = cluster_config(args)? {
-            let (cid, ifn, hint) = (
-                args.container_id.clone(),
-                args.ifname.clone(),
-                prev_ips(args),
-            );
+            let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
             return with_cluster(&cfg, move |s| {
-                Box::pin(async move { s.release(&cid, &ifn, &hint).await })
+                Box::pin(async move { s.release(&cid, &ifn).await })
             });
         }
         let (_, store) = open(args)?;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -26,6 +27,17 @@ pub struct NodeCache {
     pub blocks: BTreeMap<String, CachedBlock>,
     /// Block key -> last ordinal handed out (round-robin inside a block).
     pub cursor: BTreeMap<String, u32>,
+    /// Handle id -> the handle record's mod-revision and addresses, as this node wrote
+    /// them: DEL compares that exact revision, so a retried DEL of an earlier incarnation
+    /// of the same attachment can never delete the current one.
+    #[serde(default)]
+    pub handles: BTreeMap<String, CachedHandle>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedHandle {
+    pub rev: i64,
+    pub ips: Vec<IpAddr>,
 }
 
 /// The cache file, locked for the lifetime of this value.

@@ -16,7 +16,7 @@
 pub mod cache;
 pub mod model;
 
-use self::cache::{CacheFile, CachedBlock, NodeCache};
+use self::cache::{CacheFile, CachedBlock, CachedHandle, NodeCache};
 use self::model::*;
 use ipnetwork::IpNetwork;
 use reef_etcd::{Compare, CompareOp, Etcd, EtcdConfig, GetOptions, Txn, TxnOp, TxnOpResponse};
@@ -305,16 +305,28 @@ impl ClusterStore {
                 for (key, (_, block)) in plan.blocks {
                     self.cache.blocks.insert(key, CachedBlock { rev, block });
                 }
-                let assigned = self.assigned(&config, &plan.handle);
+                let ips = plan.handle.ips.iter().map(|h| h.ip).collect();
+                self.cache
+                    .handles
+                    .insert(id.clone(), CachedHandle { rev, ips });
                 self.save()?;
-                return Ok(assigned);
+                return Ok(assigned(&plan.handle));
             }
             // Lost a compare: learn from the reads and try again.
             let mut responses = resp.op_responses().into_iter();
             if let Some(TxnOpResponse::Get(g)) = responses.next() {
                 if let Some(kv) = g.kvs().first() {
                     let existing: HandleRecord = decode(kv.key(), kv.value())?;
-                    return Ok(self.assigned(&config, &existing));
+                    let ips = existing.ips.iter().map(|h| h.ip).collect();
+                    self.cache.handles.insert(
+                        id.clone(),
+                        CachedHandle {
+                            rev: kv.mod_revision(),
+                            ips,
+                        },
+                    );
+                    self.save()?;
+                    return Ok(assigned(&existing));
                 }
             }
             for (key, r) in plan.blocks.keys().zip(responses) {
@@ -458,6 +470,7 @@ impl ClusterStore {
             plan.handle.ips.push(HandleIp {
                 ip,
                 block: block.cidr,
+                borrowed,
             });
             plan.blocks.insert(key, (rev, block));
             families_done.insert(v4);
@@ -478,76 +491,43 @@ impl ClusterStore {
         Ok(plan)
     }
 
-    fn assigned(&self, config: &ClusterConfig, h: &HandleRecord) -> Vec<Assigned> {
-        h.ips
-            .iter()
-            .map(|hip| {
-                let own = self
-                    .cache
-                    .blocks
-                    .get(&block_key(&hip.block))
-                    .is_some_and(|c| c.block.node == self.node)
-                    || !config.pools.is_empty() && self.cache.blocks.is_empty();
-                if own {
-                    let gw_block = Block::new(hip.block, &self.node);
-                    Assigned {
-                        address: IpNetwork::new(hip.ip, hip.block.prefix())
-                            .unwrap_or_else(|_| host_net(hip.ip)),
-                        gateway: gw_block.gateway(),
-                    }
-                } else {
-                    Assigned {
-                        address: host_net(hip.ip),
-                        gateway: None,
-                    }
-                }
-            })
-            .collect()
-    }
-
-    /// DEL: releases what the handle holds. Idempotent. `hint` (from prevResult) lets the
-    /// common case skip reading the handle first.
-    pub async fn release(
-        &mut self,
-        container_id: &str,
-        ifname: &str,
-        hint: &[IpAddr],
-    ) -> Result<Vec<IpAddr>> {
+    /// DEL: releases what the handle holds. Idempotent. Normally one round trip: the node's
+    /// cache knows the handle's revision and addresses (it wrote them at ADD); otherwise the
+    /// handle is read first. `prevResult` is deliberately not trusted for what to free.
+    pub async fn release(&mut self, container_id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         let id = handle_id(&self.node, container_id, ifname);
-        self.release_id(&id, hint).await
+        self.release_id(&id, None).await
     }
 
-    async fn release_id(&mut self, id: &str, hint: &[IpAddr]) -> Result<Vec<IpAddr>> {
+    /// `known`: the handle's (revision, addresses) when the caller just read them.
+    async fn release_id(&mut self, id: &str, known: Option<CachedHandle>) -> Result<Vec<IpAddr>> {
         let config = self.config().await?;
         let hkey = handle_key(id);
-        let mut ips: Vec<IpAddr> = hint.to_vec();
-        let mut known_blocks: bool = !ips.is_empty()
-            && ips.iter().all(|ip| {
-                block_of(&config.pools, *ip)
-                    .is_some_and(|b| self.cache.blocks.contains_key(&block_key(&b)))
-            });
-        if !known_blocks {
-            // Read the handle: it says which addresses and blocks are involved.
-            let Some(kv) = self.etcd.get(&hkey).await? else {
-                return Ok(Vec::new());
-            };
-            let rec: HandleRecord = decode(kv.key(), kv.value())?;
-            ips = rec.ips.iter().map(|h| h.ip).collect();
-            self.fetch_blocks(&config, &ips).await?;
-            known_blocks = true;
-        }
+        let mut handle = match known.or_else(|| self.cache.handles.get(id).cloned()) {
+            Some(h) => h,
+            None => {
+                let Some(kv) = self.etcd.get(&hkey).await? else {
+                    return Ok(Vec::new());
+                };
+                let rec: HandleRecord = decode(kv.key(), kv.value())?;
+                CachedHandle {
+                    rev: kv.mod_revision(),
+                    ips: rec.ips.iter().map(|h| h.ip).collect(),
+                }
+            }
+        };
+        self.fetch_blocks(&config, &handle.ips).await?;
         for _ in 0..MAX_ATTEMPTS {
-            debug_assert!(known_blocks);
-            let mut when = vec![Compare::create_revision(
+            let mut when = vec![Compare::mod_revision(
                 hkey.as_str(),
-                CompareOp::Greater,
-                0,
+                CompareOp::Equal,
+                handle.rev,
             )];
             let mut ops = vec![TxnOp::delete(hkey.as_str(), None)];
             let mut reads = vec![TxnOp::get(hkey.as_str(), None)];
             let mut updated: BTreeMap<String, Block> = BTreeMap::new();
             let mut freed = Vec::new();
-            for ip in &ips {
+            for ip in &handle.ips {
                 let Some(cidr) = block_of(&config.pools, *ip) else {
                     continue;
                 };
@@ -563,14 +543,14 @@ impl ClusterStore {
                 };
                 // Only our own allocation: never free an address someone else now holds.
                 if block.allocations.get(&ord).is_some_and(|a| a.handle == id) {
-                    let was_borrowed = block
+                    if block
                         .allocations
                         .get(&ord)
-                        .and_then(|a| a.borrowed_by.clone());
-                    block.allocations.remove(&ord);
-                    if was_borrowed.is_some() {
+                        .is_some_and(|a| a.borrowed_by.is_some())
+                    {
                         ops.push(TxnOp::delete(borrowed_key(ip), None));
                     }
+                    block.allocations.remove(&ord);
                     freed.push(*ip);
                 }
             }
@@ -594,6 +574,7 @@ impl ClusterStore {
                 for (key, block) in updated {
                     self.cache.blocks.insert(key, CachedBlock { rev, block });
                 }
+                self.cache.handles.remove(id);
                 self.save()?;
                 return Ok(freed);
             }
@@ -602,7 +583,12 @@ impl ClusterStore {
                 Some(TxnOpResponse::Get(g)) => g
                     .kvs()
                     .first()
-                    .map(|kv| decode::<HandleRecord>(kv.key(), kv.value()))
+                    .map(|kv| {
+                        decode::<HandleRecord>(kv.key(), kv.value()).map(|rec| CachedHandle {
+                            rev: kv.mod_revision(),
+                            ips: rec.ips.iter().map(|h| h.ip).collect(),
+                        })
+                    })
                     .transpose()?,
                 _ => None,
             };
@@ -627,12 +613,13 @@ impl ClusterStore {
             }
             match handle_now {
                 None => {
+                    self.cache.handles.remove(id);
                     self.save()?;
                     return Ok(Vec::new()); // already released
                 }
-                Some(rec) => {
-                    ips = rec.ips.iter().map(|h| h.ip).collect();
-                    self.fetch_blocks(&config, &ips).await?;
+                Some(h) => {
+                    handle = h;
+                    self.fetch_blocks(&config, &handle.ips).await?;
                 }
             }
         }
@@ -700,8 +687,11 @@ impl ClusterStore {
                 continue;
             }
             let id = handle_id(&rec.node, &rec.container_id, &rec.ifname);
-            let ips: Vec<IpAddr> = rec.ips.iter().map(|h| h.ip).collect();
-            released.extend(self.release_id(&id, &ips).await?);
+            let known = CachedHandle {
+                rev: kv.mod_revision(),
+                ips: rec.ips.iter().map(|h| h.ip).collect(),
+            };
+            released.extend(self.release_id(&id, Some(known)).await?);
         }
         Ok(released)
     }
@@ -713,6 +703,28 @@ impl ClusterStore {
             None => Err(ClusterError::NotInitialised(self.etcd.endpoints().into())),
         }
     }
+}
+
+/// Results for a handle: `ip/<block prefix>` with the block's gateway for an address of one
+/// of the node's own blocks, a host route without gateway for a borrowed one.
+fn assigned(h: &HandleRecord) -> Vec<Assigned> {
+    h.ips
+        .iter()
+        .map(|hip| {
+            if hip.borrowed {
+                Assigned {
+                    address: host_net(hip.ip),
+                    gateway: None,
+                }
+            } else {
+                Assigned {
+                    address: IpNetwork::new(hip.ip, hip.block.prefix())
+                        .unwrap_or_else(|_| host_net(hip.ip)),
+                    gateway: Block::new(hip.block, "").gateway(),
+                }
+            }
+        })
+        .collect()
 }
 
 fn fnv(s: &str) -> u128 {

@@ -104,6 +104,9 @@ pub struct Block {
 pub struct HandleIp {
     pub ip: IpAddr,
     pub block: IpNetwork,
+    /// The block belongs to another node (the address was borrowed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
