@@ -61,6 +61,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Etcd {
     client: Client,
     endpoints: String,
+    /// TLS without a client certificate: a server requiring one closes the connection after
+    /// the handshake (TLS 1.3), which must not read as "unavailable".
+    tls_without_cert: bool,
 }
 
 fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
@@ -73,6 +76,7 @@ impl Etcd {
             return Err(Error::Config("no etcd endpoints".into()));
         }
         let endpoints = cfg.endpoints.join(",");
+        let tls_without_cert = cfg.tls.as_ref().is_some_and(|t| t.cert.is_none());
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(REQUEST_TIMEOUT);
@@ -100,8 +104,12 @@ impl Etcd {
                 endpoints: endpoints.clone(),
                 detail: "connection timed out".into(),
             })?
-            .map_err(|e| classify(&endpoints, e))?;
-        Ok(Etcd { client, endpoints })
+            .map_err(|e| classify(&endpoints, e, tls_without_cert))?;
+        Ok(Etcd {
+            client,
+            endpoints,
+            tls_without_cert,
+        })
     }
 
     pub fn endpoints(&self) -> &str {
@@ -109,7 +117,7 @@ impl Etcd {
     }
 
     fn err(&self, e: etcd_client::Error) -> Error {
-        classify(&self.endpoints, e)
+        classify(&self.endpoints, e, self.tls_without_cert)
     }
 
     pub async fn get(&mut self, key: &str) -> Result<Option<KeyValue>> {
@@ -150,7 +158,7 @@ impl Etcd {
 
 /// Transport failures and unavailable/deadline statuses are "try again later"; anything else
 /// (bad certificate, permission) is a refusal.
-fn classify(endpoints: &str, e: etcd_client::Error) -> Error {
+fn classify(endpoints: &str, e: etcd_client::Error, tls_without_cert: bool) -> Error {
     use etcd_client::Error as E;
     let detail = match &e {
         E::TransportError(t) => {
@@ -171,6 +179,18 @@ fn classify(endpoints: &str, e: etcd_client::Error) -> Error {
         E::GRpcStatus(s) => matches!(s.code() as i32, 1 | 4 | 14),
         _ => false,
     };
+    // Transport-level trouble (not an etcd application error) with TLS but no client
+    // certificate: the server hung up on us, which retrying cannot fix.
+    let transportish = unavailable || detail.contains("transport error");
+    if transportish && tls_without_cert && !looks_like_no_server(&detail) {
+        return Error::Rejected {
+            endpoints: endpoints.to_string(),
+            detail: format!(
+                "{detail} (the TLS connection was closed after the handshake: etcd probably \
+                 requires a client certificate, and tls.cert/tls.key are not set)"
+            ),
+        };
+    }
     if unavailable && !looks_like_tls_refusal(&detail) {
         Error::Unavailable {
             endpoints: endpoints.to_string(),
@@ -182,6 +202,21 @@ fn classify(endpoints: &str, e: etcd_client::Error) -> Error {
             detail,
         }
     }
+}
+
+/// Errors that mean nothing answered at all (as opposed to a server closing on us).
+fn looks_like_no_server(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    [
+        "refused",
+        "timed out",
+        "timeout",
+        "deadline",
+        "unreachable",
+        "no route",
+    ]
+    .iter()
+    .any(|w| d.contains(w))
 }
 
 /// A TLS handshake refused for a missing or bad client certificate surfaces as a transport

@@ -4,12 +4,11 @@
 //! An exclusive flock serialises the node's own plugin processes (fewer conflicts); a torn or
 //! unreadable cache is simply refetched.
 
-use super::model::{Block, ClusterConfig};
+use super::model::{Block, ClusterConfig, HandleIp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -22,6 +21,10 @@ pub struct CachedBlock {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeCache {
     pub config: Option<ClusterConfig>,
+    /// mod-revision of /reef/config when read: every ADD compares it, so a re-initialised
+    /// cluster is noticed in the same round trip.
+    #[serde(default)]
+    pub config_rev: i64,
     /// Block key -> block and its mod-revision: the node's own blocks (and blocks it
     /// borrowed from, while it holds addresses there).
     pub blocks: BTreeMap<String, CachedBlock>,
@@ -37,7 +40,8 @@ pub struct NodeCache {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachedHandle {
     pub rev: i64,
-    pub ips: Vec<IpAddr>,
+    /// Addresses with the block each came from (pools may change; the block does not).
+    pub ips: Vec<HandleIp>,
 }
 
 /// The cache file, locked for the lifetime of this value.

@@ -154,7 +154,6 @@ struct Plan {
     blocks: BTreeMap<String, (i64, Block)>,
     handle: HandleRecord,
     borrowed: Vec<(IpAddr, BorrowedRecord)>,
-    claims_block: bool,
 }
 
 impl ClusterStore {
@@ -208,6 +207,7 @@ impl ClusterStore {
             for kv in g.kvs() {
                 if i == 0 {
                     config = Some(decode::<ClusterConfig>(kv.key(), kv.value())?);
+                    self.cache.config_rev = kv.mod_revision();
                 } else {
                     let block: Block = decode(kv.key(), kv.value())?;
                     if block.node == self.node {
@@ -256,14 +256,31 @@ impl ClusterStore {
 
     /// ADD: one address per address family of the pools. Idempotent per handle.
     pub async fn allocate(&mut self, container_id: &str, ifname: &str) -> Result<Vec<Assigned>> {
-        let config = self.config().await?;
+        let mut config = self.config().await?;
         let id = handle_id(&self.node, container_id, ifname);
+        let hkey = handle_key(&id);
         for _ in 0..MAX_ATTEMPTS {
-            let plan = self.plan(&config, &id, container_id, ifname).await?;
-            let hkey = handle_key(&id);
-            let mut when = vec![Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0)];
+            let plan = match self.plan(&config, &id, container_id, ifname).await {
+                Ok(p) => p,
+                // A retried ADD of an attachment that already holds its addresses must
+                // succeed even in a full pool: look the handle up on this error path only.
+                Err(ClusterError::Exhausted(msg)) => match self.etcd.get(&hkey).await? {
+                    Some(kv) => return self.adopt_existing(&id, &kv),
+                    None => return Err(ClusterError::Exhausted(msg)),
+                },
+                Err(e) => return Err(e),
+            };
+            // The compares: handle absent, config unchanged (a re-init is noticed here, at no
+            // extra round trip), every touched block at the revision the plan was made from.
+            let mut when = vec![
+                Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
+                Compare::mod_revision(CONFIG_KEY, CompareOp::Equal, self.cache.config_rev),
+            ];
             let mut ops = Vec::new();
-            let mut reads = vec![TxnOp::get(hkey.as_str(), None)];
+            let mut reads = vec![
+                TxnOp::get(hkey.as_str(), None),
+                TxnOp::get(CONFIG_KEY, None),
+            ];
             for (key, (rev, block)) in &plan.blocks {
                 let cmp = if *rev == 0 {
                     Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
@@ -278,24 +295,22 @@ impl ClusterStore {
             for (ip, rec) in &plan.borrowed {
                 ops.push(TxnOp::put(borrowed_key(ip), json(rec), None));
             }
-            if plan.claims_block {
-                // Register the node on its first claim, without overwriting what the agent
-                // may have written there.
-                let nkey = node_key(&self.node);
-                ops.push(TxnOp::txn(
-                    Txn::new()
-                        .when(vec![Compare::create_revision(
-                            nkey.as_str(),
-                            CompareOp::Equal,
-                            0,
-                        )])
-                        .and_then(vec![TxnOp::put(
-                            nkey.as_str(),
-                            json(&serde_json::json!({ "name": self.node })),
-                            None,
-                        )]),
-                ));
-            }
+            // Register the node (put-if-absent, so what the agent wrote there stays): a node
+            // holding addresses must never look "gone" to GC, even if it only borrowed.
+            let nkey = node_key(&self.node);
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when(vec![Compare::create_revision(
+                        nkey.as_str(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(vec![TxnOp::put(
+                        nkey.as_str(),
+                        json(&serde_json::json!({ "name": self.node })),
+                        None,
+                    )]),
+            ));
             let resp = self
                 .etcd
                 .txn(Txn::new().when(when).and_then(ops).or_else(reads))
@@ -305,7 +320,7 @@ impl ClusterStore {
                 for (key, (_, block)) in plan.blocks {
                     self.cache.blocks.insert(key, CachedBlock { rev, block });
                 }
-                let ips = plan.handle.ips.iter().map(|h| h.ip).collect();
+                let ips = plan.handle.ips.clone();
                 self.cache
                     .handles
                     .insert(id.clone(), CachedHandle { rev, ips });
@@ -316,17 +331,18 @@ impl ClusterStore {
             let mut responses = resp.op_responses().into_iter();
             if let Some(TxnOpResponse::Get(g)) = responses.next() {
                 if let Some(kv) = g.kvs().first() {
-                    let existing: HandleRecord = decode(kv.key(), kv.value())?;
-                    let ips = existing.ips.iter().map(|h| h.ip).collect();
-                    self.cache.handles.insert(
-                        id.clone(),
-                        CachedHandle {
-                            rev: kv.mod_revision(),
-                            ips,
-                        },
-                    );
-                    self.save()?;
-                    return Ok(assigned(&existing));
+                    return self.adopt_existing(&id, kv);
+                }
+            }
+            if let Some(TxnOpResponse::Get(g)) = responses.next() {
+                match g.kvs().first() {
+                    Some(kv) if kv.mod_revision() != self.cache.config_rev => {
+                        config = decode::<ClusterConfig>(kv.key(), kv.value())?;
+                        self.cache.config = Some(config.clone());
+                        self.cache.config_rev = kv.mod_revision();
+                    }
+                    Some(_) => {}
+                    None => return Err(ClusterError::NotInitialised(self.etcd.endpoints().into())),
                 }
             }
             for (key, r) in plan.blocks.keys().zip(responses) {
@@ -352,6 +368,18 @@ impl ClusterStore {
         )))
     }
 
+    /// ADD found the handle already there (a retry): return what it holds, remember it.
+    fn adopt_existing(&mut self, id: &str, kv: &reef_etcd::KeyValue) -> Result<Vec<Assigned>> {
+        let existing: HandleRecord = decode(kv.key(), kv.value())?;
+        let cached = CachedHandle {
+            rev: kv.mod_revision(),
+            ips: existing.ips.clone(),
+        };
+        self.cache.handles.insert(id.to_string(), cached);
+        self.save()?;
+        Ok(assigned(&existing))
+    }
+
     /// Chooses one address per family: own cached blocks first, then a newly claimed block,
     /// then borrowing from another node's block.
     async fn plan(
@@ -370,7 +398,6 @@ impl ClusterStore {
                 ips: Vec::new(),
             },
             borrowed: Vec::new(),
-            claims_block: false,
         };
         let mut families_done: HashSet<bool> = HashSet::new();
         let mut all: Option<Vec<(String, i64, Block)>> = None;
@@ -422,7 +449,6 @@ impl ClusterStore {
                         // same moment rarely collide.
                         let start = fnv(&self.node) % pool.block_count().max(1);
                         if let Some(cidr) = pool.first_free_block(&taken, start) {
-                            plan.claims_block = true;
                             Some(((block_key(&cidr), 0, Block::new(cidr, &self.node)), false))
                         } else {
                             blocks
@@ -501,7 +527,6 @@ impl ClusterStore {
 
     /// `known`: the handle's (revision, addresses) when the caller just read them.
     async fn release_id(&mut self, id: &str, known: Option<CachedHandle>) -> Result<Vec<IpAddr>> {
-        let config = self.config().await?;
         let hkey = handle_key(id);
         let mut handle = match known.or_else(|| self.cache.handles.get(id).cloned()) {
             Some(h) => h,
@@ -512,11 +537,11 @@ impl ClusterStore {
                 let rec: HandleRecord = decode(kv.key(), kv.value())?;
                 CachedHandle {
                     rev: kv.mod_revision(),
-                    ips: rec.ips.iter().map(|h| h.ip).collect(),
+                    ips: rec.ips,
                 }
             }
         };
-        self.fetch_blocks(&config, &handle.ips).await?;
+        self.fetch_blocks(&handle.ips).await?;
         for _ in 0..MAX_ATTEMPTS {
             let mut when = vec![Compare::mod_revision(
                 hkey.as_str(),
@@ -527,11 +552,10 @@ impl ClusterStore {
             let mut reads = vec![TxnOp::get(hkey.as_str(), None)];
             let mut updated: BTreeMap<String, Block> = BTreeMap::new();
             let mut freed = Vec::new();
-            for ip in &handle.ips {
-                let Some(cidr) = block_of(&config.pools, *ip) else {
-                    continue;
-                };
-                let key = block_key(&cidr);
+            for hip in &handle.ips {
+                let ip = &hip.ip;
+                // The block recorded with the address: the pools may have changed since.
+                let key = block_key(&hip.block);
                 let Some(cached) = self.cache.blocks.get(&key) else {
                     continue;
                 };
@@ -586,7 +610,7 @@ impl ClusterStore {
                     .map(|kv| {
                         decode::<HandleRecord>(kv.key(), kv.value()).map(|rec| CachedHandle {
                             rev: kv.mod_revision(),
-                            ips: rec.ips.iter().map(|h| h.ip).collect(),
+                            ips: rec.ips,
                         })
                     })
                     .transpose()?,
@@ -619,7 +643,7 @@ impl ClusterStore {
                 }
                 Some(h) => {
                     handle = h;
-                    self.fetch_blocks(&config, &handle.ips).await?;
+                    self.fetch_blocks(&handle.ips).await?;
                 }
             }
         }
@@ -628,25 +652,18 @@ impl ClusterStore {
         )))
     }
 
-    /// Makes sure the blocks of `ips` are in the cache (borrowed ones live on other nodes).
-    async fn fetch_blocks(&mut self, config: &ClusterConfig, ips: &[IpAddr]) -> Result<()> {
-        for ip in ips {
-            let Some(cidr) = block_of(&config.pools, *ip) else {
-                continue;
-            };
-            let key = block_key(&cidr);
+    /// Makes sure the blocks of a handle's addresses are in the cache (borrowed ones live on
+    /// other nodes).
+    async fn fetch_blocks(&mut self, ips: &[HandleIp]) -> Result<()> {
+        for hip in ips {
+            let key = block_key(&hip.block);
             if self.cache.blocks.contains_key(&key) {
                 continue;
             }
             if let Some(kv) = self.etcd.get(&key).await? {
                 let block: Block = decode(kv.key(), kv.value())?;
-                self.cache.blocks.insert(
-                    key,
-                    CachedBlock {
-                        rev: kv.mod_revision(),
-                        block,
-                    },
-                );
+                let rev = kv.mod_revision();
+                self.cache.blocks.insert(key, CachedBlock { rev, block });
             }
         }
         Ok(())
@@ -689,7 +706,7 @@ impl ClusterStore {
             let id = handle_id(&rec.node, &rec.container_id, &rec.ifname);
             let known = CachedHandle {
                 rev: kv.mod_revision(),
-                ips: rec.ips.iter().map(|h| h.ip).collect(),
+                ips: rec.ips.clone(),
             };
             released.extend(self.release_id(&id, Some(known)).await?);
         }
@@ -935,7 +952,13 @@ pub mod admin {
                 b.allocations.remove(o);
             }
             let when = vec![Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev)];
-            if node_gone && b.allocations.is_empty() {
+            // Empty blocks of removed nodes, and of pools dropped by a forced re-init.
+            let outside_pools = snap.config.as_ref().is_some_and(|c| {
+                !c.pools
+                    .iter()
+                    .any(|p| p.cidr.contains(block.cidr.network()))
+            });
+            if (node_gone || outside_pools) && b.allocations.is_empty() {
                 if etcd
                     .txn(
                         Txn::new()

@@ -164,7 +164,11 @@ fn main() -> ExitCode {
 type Res = Result<(String, Value), String>;
 
 async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
-    let mut etcd = Etcd::connect(cfg).await.map_err(|e| e.to_string())?;
+    let etcd = Etcd::connect(cfg).await;
+    if let (Cmd::Status, Err(e)) = (&cli.command, &etcd) {
+        return Err(unreachable_status(cli, cfg, e));
+    }
+    let mut etcd = etcd.map_err(|e| e.to_string())?;
     match &cli.command {
         Cmd::Init {
             pool,
@@ -291,9 +295,10 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok((text, Value::Array(rows)))
         }
         Cmd::Status => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| e.to_string())?;
+            let snap = match admin::snapshot(&mut etcd).await {
+                Ok(s) => s,
+                Err(e) => return Err(unreachable_status(cli, cfg, &e)),
+            };
             let value = json!({
                 "etcd": "ok",
                 "endpoints": etcd.endpoints(),
@@ -319,6 +324,17 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok((text, value))
         }
     }
+}
+
+/// `status` must still report when etcd is down: print the JSON document (with the error)
+/// for `--output json`, and fail.
+fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: &dyn std::fmt::Display) -> String {
+    if cli.output == Output::Json {
+        let doc = json!({"etcd": e.to_string(), "endpoints": cfg.endpoints.join(","),
+                         "initialised": Value::Null});
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    e.to_string()
 }
 
 fn ipam_show(snap: &Snapshot) -> (String, Value) {
