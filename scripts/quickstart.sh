@@ -1,43 +1,26 @@
 #!/usr/bin/env bash
-# Reef quick start: build, then attach a pod to the embedded default network through libcni
-# (the library containerd and CRI-O use), ping its gateway, CHECK, DEL, and clean up.
-# The "host" is a throwaway network namespace, so nothing on this machine's own network
-# changes. Needs root, iproute2, nftables, and Go + libcni (installed if missing).
+# Reef quick start: build, then run a container with reef-run on the embedded default network
+# (reef-bridge reef0 + reef-ipam 10.88.0.0/16 + masquerade + reef-portmap). The container gets
+# its own net/uts/pid/mount/ipc namespaces and pings its gateway; on exit everything is torn
+# down. The "host" is a throwaway network namespace, so this machine's own network is not
+# touched (a real host would just run `reef-run -- CMD`). Needs root, iproute2, nftables.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-cargo build --release -q -p reef-bridge -p reef-ipam
-bash ../shared/tools/cnitool/build.sh target/cnitool
+cargo build --release -q -p reef-bridge -p reef-ipam -p reef-portmap -p reef-run
 
-tag=$$
-host=reef-qs-host-$tag pod=reef-qs-pod-$tag
+host=reef-qs-host-$$
 work=$(mktemp -d)
-cleanup() { ip netns del "$pod" 2>/dev/null || true; ip netns del "$host" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { ip netns del "$host" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ip netns add "$host" && ip -n "$host" link set lo up
-ip netns add "$pod"
 
-cat >"$work/reef.conflist" <<JSON
-{
-  "cniVersion": "1.0.0",
-  "name": "reef",
-  "plugins": [{
-    "type": "reef-bridge", "bridge": "reef0", "isGateway": true, "ipMasq": true,
-    "ipam": {"type": "reef-ipam", "dataDir": "$work/ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]}
-  }]
-}
-JSON
-cni() { ip netns exec "$host" env CNI_PATH="$PWD/target/release" CNI_CACHE="$work/cache" target/cnitool "$@"; }
-
-echo "== ADD (through libcni)"
-cni add "$work/reef.conflist" "/run/netns/$pod" quickstart eth0 | tee "$work/result.json"
-gw=$(sed -n 's/.*"gateway": "\([0-9.]*\)".*/\1/p' "$work/result.json" | head -1)
-echo "== pod interface"
-ip -n "$pod" -br addr show eth0
-echo "== ping the gateway $gw from the pod"
-ip netns exec "$pod" ping -c 3 -i 0.2 -W 1 "$gw"
-echo "== CHECK"
-cni check "$work/reef.conflist" "/run/netns/$pod" quickstart eth0 && echo "CHECK passed"
-echo "== DEL"
-cni del "$work/reef.conflist" "/run/netns/$pod" quickstart eth0 && echo "DEL done; address released:"
-ls "$work/ipam/reef"
+echo "== reef-run --hostname demo -- sh -c '...'"
+ip netns exec "$host" env REEF_STATE_DIR="$work/state" REEF_CNI_CACHE_DIR="$work/cache" \
+  REEF_IPAM_DATA_DIR="$work/ipam" \
+  target/release/reef-run --hostname demo -- sh -c '
+    echo "hostname: $(hostname)"; echo "processes: $(ls /proc | grep -c "^[0-9]")"
+    ip -4 -br addr show eth0
+    ping -c 3 -i 0.2 -W 1 10.88.0.1'
+echo "== exit status $?; after exit: no veth, no address, no rules left"
+ip -n "$host" -br link | grep -c '^reef[0-9a-f]\{11\}' || true

@@ -360,10 +360,10 @@ fn stale_prev_result_of_a_readded_attachment_leaks_nothing() {
 }
 
 #[test]
-fn uninitialised_cluster_add_106_status_50() {
+fn uninitialised_cluster_add_107_status_50() {
     let env = Env::new(1);
     let out = env.add(0, "noinit");
-    let msg = expect_error(&out, 106, "ADD before reefctl init");
+    let msg = expect_error(&out, 107, "ADD before reefctl init");
     assert!(msg.contains("reefctl init"), "tells what to do: {msg:?}");
     expect_error(&env.status(0), 50, "STATUS before reefctl init");
     let dump = env.dump();

@@ -59,7 +59,7 @@ impl ClusterError {
         match self {
             ClusterError::Etcd(e) if e.is_unavailable() => 11,
             ClusterError::Etcd(_) => 5,
-            ClusterError::NotInitialised(_) => 106,
+            ClusterError::NotInitialised(_) => reef_cni::codes::CLUSTER_NOT_INITIALISED,
             ClusterError::Exhausted(_) => 104,
             ClusterError::Config(_) => 7,
             ClusterError::Cache { .. } => 5,

@@ -25,6 +25,14 @@ pub mod codes {
     pub const FIREWALL: u32 = 102;
     /// Reef: a delegated plugin could not be run.
     pub const DELEGATE: u32 = 103;
+    /// Reef: an IPAM range or pool has no free address.
+    pub const EXHAUSTED: u32 = 104;
+    /// Reef: the IPAM record CHECK expected is missing.
+    pub const IPAM_RECORD_MISSING: u32 = 105;
+    /// Reef: a host port is already mapped by another attachment.
+    pub const PORT_CONFLICT: u32 = 106;
+    /// Reef: the cluster IPAM has no configuration in etcd yet (`reefctl init`).
+    pub const CLUSTER_NOT_INITIALISED: u32 = 107;
     /// Reef: a bug (panic) — reported as an error object rather than silence.
     pub const INTERNAL: u32 = 199;
 }

@@ -1,13 +1,16 @@
-//! Firewall rules the plugins need, behind one trait so an iptables driver can sit beside the
-//! nftables one. Today: per-network masquerade (`ipMasq`).
+//! Firewall rules the plugins need, behind traits so an iptables driver can sit beside the
+//! nftables one. Today: per-network masquerade (`ipMasq`, the `Firewall` trait) and host
+//! port mappings (reef-portmap, `portmap::PortMapper`).
 //!
 //! Shape of the data plane (see DESIGN.md "Data plane rules"): the rules that serve a whole
 //! network are installed once, atomically, in one table per network; a pod only adds or
 //! removes its address in that table's sets, which is a single netlink message — no `nft`
 //! process on the ADD/DEL hot path.
 
+mod conntrack;
 mod nfnetlink;
 pub mod nftables;
+pub mod portmap;
 
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
@@ -24,6 +27,9 @@ pub enum Error {
     Nft { context: String, stderr: String },
     #[error("{0}")]
     Check(String),
+    /// A host port is already mapped by another attachment (nothing was changed).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -103,13 +103,79 @@ impl Nftables {
         Nftables::default()
     }
 
-    fn socket(&mut self) -> Result<&mut NfNetlink> {
+    pub(crate) fn socket(&mut self) -> Result<&mut NfNetlink> {
         if self.nl.is_none() {
             self.nl = Some(NfNetlink::open().map_err(io("open nfnetlink socket"))?);
         }
         self.nl
             .as_mut()
             .ok_or_else(|| Error::Check("nfnetlink socket unavailable".into()))
+    }
+
+    /// Closes the kernel connection without waiting for it. Closing an nf_tables socket
+    /// right after a commit blocks for an RCU grace period (~10 ms, see `Firewall`); a
+    /// process with nothing else to overlap it with hands its socket to a forked child that
+    /// outlives it: the child, detached from stdio, holds the last reference until this
+    /// process has exited (EOF on a pipe) and 40 ms more, so the wait (if any) happens
+    /// there. Falls back to a plain
+    /// close when the process has other threads (fork would be unsound) or fork fails.
+    pub fn close_in_background(self) {
+        self.finish_in_background(|_| {})
+    }
+
+    /// Like `close_in_background`, and the child first runs `work` on the socket (work that
+    /// the caller does not need to wait for). Without a child, `work` runs here first.
+    pub(crate) fn finish_in_background(mut self, work: impl FnOnce(&mut NfNetlink)) {
+        let Some(mut nl) = self.nl.take() else { return };
+        if !single_threaded() {
+            work(&mut nl);
+            return;
+        }
+        let mut fds = [0i32; 2];
+        // SAFETY: plain syscalls on fds this function owns. The process is single-threaded,
+        // so the child cannot inherit a lock held by another thread.
+        unsafe {
+            if libc::pipe(fds.as_mut_ptr()) != 0 {
+                work(&mut nl);
+                return;
+            }
+            match libc::fork() {
+                0 => {
+                    libc::close(fds[1]);
+                    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                    if null >= 0 {
+                        libc::dup2(null, 0);
+                        libc::dup2(null, 1);
+                        libc::dup2(null, 2);
+                    }
+                    work(&mut nl);
+                    let mut b = 0u8;
+                    // Returns 0 (EOF) once the parent, the last writer, has exited.
+                    while libc::read(fds[0], (&mut b as *mut u8).cast(), 1) < 0
+                        && *libc::__errno_location() == libc::EINTR
+                    {}
+                    // The release takes nf_tables' commit mutex and, while the commit's
+                    // destroy work is pending, holds it for a grace period, stalling every
+                    // other commit on the host (the next pod's ADD). Pending work finishes
+                    // by itself within a grace period or two: release after that.
+                    let pause = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 40_000_000,
+                    };
+                    libc::nanosleep(&pause, std::ptr::null_mut());
+                    libc::_exit(0)
+                }
+                pid if pid > 0 => {
+                    libc::close(fds[0]);
+                    // The write end stays open until this process exits.
+                }
+                _ => {
+                    libc::close(fds[0]);
+                    libc::close(fds[1]);
+                    work(&mut nl);
+                }
+            }
+        }
     }
 
     fn ensure_table(nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
@@ -126,6 +192,17 @@ impl Nftables {
         run_nft(&table_script(m), &format!("create table {table}"))?;
         Ok(())
     }
+}
+
+/// fork() is only sound while the process has a single thread.
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim() == "1"))
+        })
+        .unwrap_or(false)
 }
 
 impl Firewall for Nftables {

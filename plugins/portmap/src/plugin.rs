@@ -1,0 +1,147 @@
+//! The verbs.
+
+use crate::config::{self, Spec};
+use reef_cni::{codes, skel::validate_ifname, CmdArgs, CniError, CniResult, Plugin};
+use reef_firewall::nftables::Nftables;
+use reef_firewall::portmap::{Owner, PortMapper, PortMapping, TABLE};
+use reef_netlink::sysctl;
+
+/// Reef: the host port is already mapped by another attachment.
+pub const PORT_CONFLICT: u32 = reef_cni::codes::PORT_CONFLICT;
+
+pub struct PortMap;
+
+fn fw_err(e: reef_firewall::Error) -> CniError {
+    match e {
+        reef_firewall::Error::Conflict(msg) => CniError::new(PORT_CONFLICT, msg),
+        e => CniError::new(codes::FIREWALL, e.to_string()),
+    }
+}
+
+fn owner(args: &CmdArgs) -> Owner {
+    Owner {
+        network: args.conf.name.clone(),
+        container_id: args.container_id.clone(),
+        ifname: args.ifname.clone(),
+    }
+}
+
+fn prev_result(args: &CmdArgs) -> Result<&CniResult, CniError> {
+    args.conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::invalid_config(
+            "reef-portmap is a chained plugin and needs prevResult: put it after a main plugin \
+             (such as reef-bridge) in a conflist",
+        )
+    })
+}
+
+/// 127.0.0.1:hostPort from the host is DNATed to the pod and leaves by the host-side
+/// interfaces toward it (the bridge, or the host veth of a routed pod), which the kernel
+/// allows for a loopback source only with route_localnet. The table's input chain keeps
+/// that from exposing the host's loopback services to the pods.
+fn enable_route_localnet(prev: &CniResult) -> Result<(), CniError> {
+    for i in prev.interfaces.iter().filter(|i| i.sandbox.is_none()) {
+        if validate_ifname(&i.name).is_err() {
+            continue;
+        }
+        let dir = format!("net/ipv4/conf/{}", i.name);
+        if !std::path::Path::new("/proc/sys").join(&dir).exists() {
+            continue; // not in this namespace (or not a host interface at all)
+        }
+        sysctl::set(&format!("{dir}/route_localnet"), "1").map_err(|e| {
+            CniError::new(
+                codes::NETLINK,
+                format!("enable route_localnet on {}", i.name),
+            )
+            .with_details(e.to_string())
+        })?;
+    }
+    Ok(())
+}
+
+impl PortMap {
+    /// The mappings ADD installs (and CHECK expects) for this attachment.
+    fn wanted(args: &CmdArgs, prev: &CniResult) -> Result<(Vec<Spec>, Vec<PortMapping>), CniError> {
+        let specs = config::specs(&args.conf)?;
+        let maps = config::mappings(&specs, &config::pod_ips(prev))?;
+        Ok((specs, maps))
+    }
+}
+
+impl Plugin for PortMap {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        let prev = prev_result(args)?;
+        let (_, maps) = Self::wanted(args, prev)?;
+        if maps.is_empty() {
+            return Ok(prev.clone());
+        }
+        if maps.iter().any(|m| m.pod_ip.is_ipv4()) {
+            enable_route_localnet(prev)?;
+        }
+        let mut fw = Nftables::new();
+        fw.add_port_mappings(&owner(args), &maps).map_err(fw_err)?;
+        fw.close_flushing_conntrack(&[], &maps);
+        Ok(prev.clone())
+    }
+
+    /// Removes this attachment's mappings. With prevResult and the port mappings known, only
+    /// those elements that still point at this pod; otherwise every element tagged with this
+    /// attachment (so DEL works without prevResult, netns or capability arguments).
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let known: Option<Vec<PortMapping>> =
+            match (&args.conf.prev_result, config::specs(&args.conf)) {
+                (Some(prev), Ok(specs)) if !specs.is_empty() => {
+                    config::mappings(&specs, &config::pod_ips(prev)).ok()
+                }
+                _ => None,
+            };
+        let mut fw = Nftables::new();
+        let removed = fw
+            .del_port_mappings(&owner(args), known.as_deref())
+            .map_err(fw_err)?;
+        // Even a socket that changed nothing waits for the RCU grace period of the last
+        // commit (anyone's) when it closes: always leave that to the detached child.
+        fw.close_flushing_conntrack(&removed, &[]);
+        Ok(())
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let prev = prev_result(args)?;
+        let (_, maps) = Self::wanted(args, prev)?;
+        if maps.is_empty() {
+            return Ok(());
+        }
+        let mut fw = Nftables::new();
+        let res = fw
+            .check_port_mappings(&owner(args), &maps)
+            .map_err(|e| CniError::new(codes::CHECK_FAILED, e.to_string()));
+        fw.close_in_background();
+        res
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let valid = args.conf.valid_attachments()?;
+        let mut fw = Nftables::new();
+        let removed = fw
+            .gc_port_mappings(&args.conf.name, &valid)
+            .map_err(fw_err)?;
+        for m in &removed {
+            eprintln!("reef-portmap: GC removed {m}");
+        }
+        fw.close_in_background();
+        Ok(())
+    }
+
+    fn status(&self, _args: &CmdArgs) -> Result<(), CniError> {
+        let mut fw = Nftables::new();
+        let res = fw.port_mapping_status();
+        fw.close_in_background();
+        res.map_err(|e| {
+            CniError::new(
+                codes::NOT_AVAILABLE,
+                format!("port mappings (nftables table inet {TABLE}) unavailable"),
+            )
+            .with_details(e.to_string())
+        })
+    }
+}
