@@ -3,6 +3,10 @@
 //! side runs in its own simulated host namespace, so nothing touches the machine's own
 //! network. Prints p50/p90 per side and the ratios; the targets are in the README.
 //!
+//! Two chains per side: bridge + IPAM + ipMasq, and the same with the portmap plugin and one
+//! port mapping (CAP_ARGS). Then `reef-run -- true` end to end (process start to exit,
+//! network up and down) on its embedded default network.
+//!
 //! `cargo build --release && cargo bench -p reef-tests --bench cni_add_del`
 //! Environment: `REEF_BENCH_ROUNDS` (default 100).
 
@@ -40,6 +44,7 @@ struct Side {
     host: Netns,
     conflist: std::path::PathBuf,
     cache: std::path::PathBuf,
+    cap_args: Option<Value>,
 }
 
 impl Side {
@@ -52,20 +57,29 @@ impl Side {
             host,
             conflist,
             cache,
+            cap_args: None,
         }
+    }
+
+    fn with_cap_args(mut self, v: Value) -> Side {
+        self.cap_args = Some(v);
+        self
     }
 
     fn run(&self, rounds: usize, tag: &str) -> Figures {
         let prefix = format!("rb{}{}-", std::process::id(), tag);
-        let out = Cnitool::new(&self.host, &self.cache)
+        let mut tool = Cnitool::new(&self.host, &self.cache)
             .cni_path(cni_path())
-            .timeout(Duration::from_secs(900))
-            .run([
-                "bench",
-                &self.conflist.display().to_string(),
-                &rounds.to_string(),
-                &prefix,
-            ]);
+            .timeout(Duration::from_secs(900));
+        if let Some(c) = &self.cap_args {
+            tool = tool.cap_args(c);
+        }
+        let out = tool.run([
+            "bench",
+            &self.conflist.display().to_string(),
+            &rounds.to_string(),
+            &prefix,
+        ]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -77,22 +91,100 @@ impl Side {
     }
 }
 
-fn bridge_conf(name: &str, dir: &std::path::Path, main: &str, ipam: &str, subnet: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [{
-            "type": main,
-            "bridge": format!("{name}0"),
-            "isGateway": true,
-            "ipMasq": true,
-            "ipam": {
-                "type": ipam,
-                "dataDir": dir.join("ipam").display().to_string(),
-                "ranges": [[{"subnet": subnet}]],
-            },
-        }],
-    })
+fn bridge_conf(
+    name: &str,
+    dir: &std::path::Path,
+    main: &str,
+    ipam: &str,
+    subnet: &str,
+    portmap: Option<&str>,
+) -> Value {
+    let mut plugins = vec![json!({
+        "type": main,
+        "bridge": format!("{name}0"),
+        "isGateway": true,
+        "ipMasq": true,
+        "ipam": {
+            "type": ipam,
+            "dataDir": dir.join("ipam").display().to_string(),
+            "ranges": [[{"subnet": subnet}]],
+        },
+    })];
+    if let Some(pm) = portmap {
+        plugins.push(json!({"type": pm, "capabilities": {"portMappings": true}}));
+    }
+    json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
+}
+
+fn avg(v: &[Figures]) -> Figures {
+    let n = v.len() as f64;
+    Figures {
+        add_p50: v.iter().map(|f| f.add_p50).sum::<f64>() / n,
+        add_p90: v.iter().map(|f| f.add_p90).sum::<f64>() / n,
+        del_p50: v.iter().map(|f| f.del_p50).sum::<f64>() / n,
+        del_p90: v.iter().map(|f| f.del_p90).sum::<f64>() / n,
+    }
+}
+
+/// Reef and the reference, warmed up, then two interleaved halves each; figures averaged.
+fn compare(reef: &Side, reference: &Side, rounds: usize) -> (Figures, Figures) {
+    reef.run(5, "w");
+    reference.run(5, "w");
+    let half = rounds.div_ceil(2);
+    let mut r = Vec::new();
+    let mut f = Vec::new();
+    for tag in ["a", "b"] {
+        r.push(reef.run(half, tag));
+        f.push(reference.run(half, tag));
+    }
+    (avg(&r), avg(&f))
+}
+
+fn row(label: &str, f: &Figures) {
+    println!(
+        "{:<52} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+        label, f.add_p50, f.add_p90, f.del_p50, f.del_p90
+    );
+}
+
+fn ratio(r: &Figures, f: &Figures) {
+    println!(
+        "{:<52} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+        "  ratio reef/reference",
+        r.add_p50 / f.add_p50,
+        r.add_p90 / f.add_p90,
+        r.del_p50 / f.del_p50,
+        r.del_p90 / f.del_p90
+    );
+}
+
+/// `reef-run -- true` on the embedded default network inside a throwaway host: wall time of
+/// the whole process (namespaces, ADD chain, command, DEL chain, teardown).
+fn reef_run_true(runs: usize) -> (f64, f64) {
+    let host = Netns::new("benchrun").expect("host netns");
+    let dir = tempdir();
+    let mut times = Vec::new();
+    for _ in 0..runs + 2 {
+        let t = std::time::Instant::now();
+        let out = host
+            .cmd(reef_tests::plugin("reef-run"))
+            .env("CNI_PATH", reef_tests::plugin_dir())
+            .env("REEF_STATE_DIR", dir.path().join("state"))
+            .env("REEF_CNI_CACHE_DIR", dir.path().join("cache"))
+            .env("REEF_IPAM_DATA_DIR", dir.path().join("ipam"))
+            .args(["--", "true"])
+            .output()
+            .expect("run reef-run");
+        assert!(
+            out.status.success(),
+            "reef-run -- true failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut times = times.split_off(2); // warm-up: first bridge and tables
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[(times.len() * 9) / 10])
 }
 
 fn main() {
@@ -103,74 +195,69 @@ fn main() {
         .unwrap_or(100);
     cnitool_bin();
     let dir = tempdir();
+    let d = dir.path();
+    let mapping =
+        json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
     let reef = Side::new(
         "reef",
-        dir.path(),
+        d,
         bridge_conf(
             "benchreef",
-            dir.path(),
+            d,
             "reef-bridge",
             "reef-ipam",
             "10.210.0.0/16",
+            None,
         ),
     );
     let reference = Side::new(
         "reference",
-        dir.path(),
+        d,
+        bridge_conf("benchref", d, "bridge", "host-local", "10.211.0.0/16", None),
+    );
+    let (r1, f1) = compare(&reef, &reference, rounds);
+    drop((reef, reference));
+    let reef_pm = Side::new(
+        "reefpm",
+        d,
         bridge_conf(
-            "benchref",
-            dir.path(),
+            "benchreefpm",
+            d,
+            "reef-bridge",
+            "reef-ipam",
+            "10.212.0.0/16",
+            Some("reef-portmap"),
+        ),
+    )
+    .with_cap_args(mapping.clone());
+    let ref_pm = Side::new(
+        "refpm",
+        d,
+        bridge_conf(
+            "benchrefpm",
+            d,
             "bridge",
             "host-local",
-            "10.211.0.0/16",
+            "10.213.0.0/16",
+            Some("portmap"),
         ),
-    );
-    // Warm-up: first rounds create the bridges and tables and fault in the binaries.
-    reef.run(5, "w");
-    reference.run(5, "w");
-    // Two interleaved halves per side, so drift on a noisy machine hits both alike.
-    let half = rounds.div_ceil(2);
-    let runs = [
-        ("reef", reef.run(half, "a")),
-        ("reference", reference.run(half, "a")),
-        ("reef", reef.run(half, "b")),
-        ("reference", reference.run(half, "b")),
-    ];
-    let avg = |who: &str| {
-        let v: Vec<Figures> = runs
-            .iter()
-            .filter(|(w, _)| *w == who)
-            .map(|(_, f)| *f)
-            .collect();
-        let n = v.len() as f64;
-        Figures {
-            add_p50: v.iter().map(|f| f.add_p50).sum::<f64>() / n,
-            add_p90: v.iter().map(|f| f.add_p90).sum::<f64>() / n,
-            del_p50: v.iter().map(|f| f.del_p50).sum::<f64>() / n,
-            del_p90: v.iter().map(|f| f.del_p90).sum::<f64>() / n,
-        }
-    };
-    let (r, f) = (avg("reef"), avg("reference"));
+    )
+    .with_cap_args(mapping);
+    let (r2, f2) = compare(&reef_pm, &ref_pm, rounds);
+    drop((reef_pm, ref_pm));
+
     println!("ADD+DEL through libcni, {rounds} rounds per side (two interleaved halves, figures averaged), own pod netns per round");
     println!(
         "{:<52} {:>9} {:>9} {:>9} {:>9}",
         "ms", "ADD p50", "ADD p90", "DEL p50", "DEL p90"
     );
-    println!(
-        "{:<52} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-        "reef-bridge + reef-ipam + ipMasq", r.add_p50, r.add_p90, r.del_p50, r.del_p90
-    );
-    println!(
-        "{:<52} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
-        "reference bridge + host-local + ipMasq", f.add_p50, f.add_p90, f.del_p50, f.del_p90
-    );
-    println!(
-        "{:<52} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-        "ratio reef/reference",
-        r.add_p50 / f.add_p50,
-        r.add_p90 / f.add_p90,
-        r.del_p50 / f.del_p50,
-        r.del_p90 / f.del_p90
-    );
+    row("reef-bridge + reef-ipam + ipMasq", &r1);
+    row("reference bridge + host-local + ipMasq", &f1);
+    ratio(&r1, &f1);
+    row("reef-bridge + reef-ipam + ipMasq + reef-portmap", &r2);
+    row("reference bridge + host-local + ipMasq + portmap", &f2);
+    ratio(&r2, &f2);
     println!("targets: ADD p50 <= 0.20x, DEL p50 <= 0.35x the reference");
+    let (p50, p90) = reef_run_true(20);
+    println!("reef-run -- true (default network, process start to exit): p50 {p50:.1} ms, p90 {p90:.1} ms");
 }
