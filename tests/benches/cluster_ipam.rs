@@ -17,29 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Figures {
-    add_p50: f64,
-    add_p90: f64,
-    del_p50: f64,
-    del_p90: f64,
-}
-
-fn parse(out: &str) -> Option<Figures> {
-    let mut f = Figures::default();
-    for kv in out.split_whitespace() {
-        let (k, v) = kv.split_once('=')?;
-        let v: f64 = v.parse().ok()?;
-        match k {
-            "add_p50_ms" => f.add_p50 = v,
-            "add_p90_ms" => f.add_p90 = v,
-            "del_p50_ms" => f.del_p50 = v,
-            "del_p90_ms" => f.del_p90 = v,
-            _ => {}
-        }
-    }
-    Some(f)
-}
+use reef_tests::bench::Figures;
 
 /// Unary gRPC calls etcd has completed, per method (`Txn`, `Range`, ...), from its metrics.
 fn etcd_calls(host: &Netns, etcd_addr: &str) -> BTreeMap<String, f64> {
@@ -183,7 +161,7 @@ fn main() {
             "bench failed: {stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
+        Figures::parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
     };
 
     // Warm-up: the first ADD claims a block, creates the bridge and the masquerade table.

@@ -14,29 +14,7 @@ use reef_tests::{cni_path, cnitool_bin, tempdir, write_conflist, Cnitool, Netns}
 use serde_json::{json, Value};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Figures {
-    add_p50: f64,
-    add_p90: f64,
-    del_p50: f64,
-    del_p90: f64,
-}
-
-fn parse(out: &str) -> Option<Figures> {
-    let mut f = Figures::default();
-    for kv in out.split_whitespace() {
-        let (k, v) = kv.split_once('=')?;
-        let v: f64 = v.parse().ok()?;
-        match k {
-            "add_p50_ms" => f.add_p50 = v,
-            "add_p90_ms" => f.add_p90 = v,
-            "del_p50_ms" => f.del_p50 = v,
-            "del_p90_ms" => f.del_p90 = v,
-            _ => {}
-        }
-    }
-    Some(f)
-}
+use reef_tests::bench::Figures;
 
 /// One side of a comparison: a conflist run by `cnitool bench` inside its own host netns.
 struct Side {
@@ -87,7 +65,7 @@ impl Side {
             self.label,
             String::from_utf8_lossy(&out.stderr)
         );
-        parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
+        Figures::parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
     }
 }
 

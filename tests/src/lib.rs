@@ -14,6 +14,7 @@
 //! assert_success(&out, "cnitool add");
 //! ```
 
+pub mod bench;
 mod cni;
 mod cnitool;
 mod conflist;

@@ -123,6 +123,50 @@ pub(crate) fn attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(buf).find(|(t, _)| *t == ty).map(|(_, p)| p)
 }
 
+/// One message of a netlink reply buffer.
+pub(crate) struct RawMsg<'a> {
+    pub ty: u16,
+    pub seq: u32,
+    /// The whole message, header included.
+    pub bytes: &'a [u8],
+}
+
+impl RawMsg<'_> {
+    /// The errno carried by an NLMSG_ERROR (0 = ack), if this is one.
+    pub fn error_code(&self) -> Option<i32> {
+        (self.ty == NLMSG_ERROR && self.bytes.len() >= 20).then(|| {
+            -i32::from_ne_bytes([
+                self.bytes[16],
+                self.bytes[17],
+                self.bytes[18],
+                self.bytes[19],
+            ])
+        })
+    }
+}
+
+/// Splits a received buffer into messages, rejecting truncated ones.
+pub(crate) fn messages(buf: &[u8]) -> io::Result<Vec<RawMsg<'_>>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "truncated netlink reply",
+            ));
+        }
+        out.push(RawMsg {
+            ty: u16::from_ne_bytes([buf[off + 4], buf[off + 5]]),
+            seq: u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]),
+            bytes: &buf[off..off + len],
+        });
+        off += align4(len);
+    }
+    Ok(out)
+}
+
 fn nft_type(t: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | t
 }
@@ -191,38 +235,22 @@ impl NfNetlink {
         let mut rbuf = vec![0u8; 65536];
         while answers.iter().any(Option::is_none) {
             let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(rbuf[off..off + 4].try_into().unwrap_or_default()) as usize;
-                let ty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
-                let seq =
-                    u32::from_ne_bytes(rbuf[off + 8..off + 12].try_into().unwrap_or_default());
-                if len < 16 || off + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink reply",
-                    ));
-                }
-                let slot = seqs.iter().position(|s| *s == seq);
-                match (ty, slot) {
-                    (NLMSG_ERROR, Some(i)) if len >= 20 => {
-                        let code = i32::from_ne_bytes(
-                            rbuf[off + 16..off + 20].try_into().unwrap_or_default(),
-                        );
-                        answers[i] = Some(-code);
-                    }
-                    (NLMSG_DONE, Some(i)) => {
+            for m in messages(&rbuf[..n])? {
+                let slot = seqs.iter().position(|s| *s == m.seq);
+                match (m.ty, slot, m.error_code()) {
+                    (_, Some(i), Some(code)) => answers[i] = Some(code),
+                    (NLMSG_DONE, Some(i), _) => {
                         answers[i].get_or_insert(0);
                     }
-                    (_, Some(_)) if len >= 20 && ty > NLMSG_DONE => on_msg(Reply {
-                        ty,
-                        seq,
-                        body: rbuf[off + 20..off + len].to_vec(),
-                    }),
+                    (ty, Some(_), None) if m.bytes.len() >= 20 && ty > NLMSG_DONE => {
+                        on_msg(Reply {
+                            ty,
+                            seq: m.seq,
+                            body: m.bytes[20..].to_vec(),
+                        })
+                    }
                     _ => {} // a stale reply to an earlier request
                 }
-                off += align4(len);
             }
         }
         Ok(answers.into_iter().map(|a| a.unwrap_or(0)).collect())
@@ -367,31 +395,13 @@ impl NfNetlink {
         let mut rbuf = vec![0u8; 16384];
         while first_err == 0 && acked < data_seqs.len() {
             let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len =
-                    u32::from_ne_bytes(rbuf[off..off + 4].try_into().unwrap_or_default()) as usize;
-                let ty = u16::from_ne_bytes([rbuf[off + 4], rbuf[off + 5]]);
-                let seq =
-                    u32::from_ne_bytes(rbuf[off + 8..off + 12].try_into().unwrap_or_default());
-                if len < 16 || off + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink reply",
-                    ));
+            for m in messages(&rbuf[..n])? {
+                let ours = seqs.contains(&m.seq) || m.seq == end_seq;
+                match m.error_code() {
+                    Some(0) if data_seqs.contains(&m.seq) => acked += 1,
+                    Some(code) if code != 0 && ours && first_err == 0 => first_err = code,
+                    _ => {}
                 }
-                if ty == NLMSG_ERROR && len >= 20 && (seqs.contains(&seq) || seq == end_seq) {
-                    let code =
-                        i32::from_ne_bytes(rbuf[off + 16..off + 20].try_into().unwrap_or_default());
-                    if code != 0 {
-                        if first_err == 0 {
-                            first_err = -code;
-                        }
-                    } else if data_seqs.contains(&seq) {
-                        acked += 1;
-                    }
-                }
-                off += align4(len);
             }
         }
         if first_err != 0 {
