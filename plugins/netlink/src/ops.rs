@@ -377,16 +377,6 @@ impl Netlink {
         }
     }
 
-    /// Links whose controller (bridge) is `index`.
-    pub async fn ports_of(&self, index: u32) -> Result<Vec<LinkInfo>> {
-        Ok(self
-            .links()
-            .await?
-            .into_iter()
-            .filter(|l| l.controller == Some(index))
-            .collect())
-    }
-
     /// Adds an address; Ok(false) if it was already there. IPv6 addresses skip duplicate
     /// address detection (IPAM already guarantees uniqueness), so they are usable at once
     /// instead of staying "tentative" for a second or more.
