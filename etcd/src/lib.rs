@@ -70,16 +70,226 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Config(format!("read {what} {}: {e}", path.display())))
 }
 
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub key: String,
+    /// The new value; None for a deletion (or a lease expiry).
+    pub value: Option<Vec<u8>>,
+    pub mod_revision: i64,
+}
+
+/// A prefix watch. Each `next` yields the events of one etcd response.
+pub struct Watch {
+    stream: etcd_client::WatchStream,
+    endpoints: String,
+}
+
+impl Watch {
+    /// The next batch of events; an error when the stream broke or etcd cancelled the watch
+    /// (for example because its start revision was compacted): re-list, then watch again.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>> {
+        loop {
+            let msg = self
+                .stream
+                .message()
+                .await
+                .map_err(|e| Error::Unavailable {
+                    endpoints: self.endpoints.clone(),
+                    detail: format!("watch: {e}"),
+                })?;
+            let Some(resp) = msg else {
+                return Err(Error::Unavailable {
+                    endpoints: self.endpoints.clone(),
+                    detail: "watch stream closed".into(),
+                });
+            };
+            if resp.canceled() {
+                return Err(Error::Unavailable {
+                    endpoints: self.endpoints.clone(),
+                    detail: format!(
+                        "watch cancelled (compacted at {}): {}",
+                        resp.compact_revision(),
+                        resp.cancel_reason()
+                    ),
+                });
+            }
+            if resp.events().is_empty() {
+                continue; // creation or progress notification
+            }
+            return Ok(resp
+                .events()
+                .iter()
+                .filter_map(|ev| {
+                    let kv = ev.kv()?;
+                    let put = ev.event_type() == etcd_client::EventType::Put;
+                    Some(WatchEvent {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: put.then(|| kv.value().to_vec()),
+                        mod_revision: kv.mod_revision(),
+                    })
+                })
+                .collect());
+        }
+    }
+}
+
+/// Keeps one lease alive (see `Etcd::keep_alive`).
+pub struct LeaseKeepAlive {
+    keeper: etcd_client::LeaseKeeper,
+    stream: etcd_client::LeaseKeepAliveStream,
+    endpoints: String,
+}
+
+impl LeaseKeepAlive {
+    /// Refreshes the lease once; returns its remaining TTL in seconds (0 = it had expired).
+    pub async fn refresh(&mut self) -> Result<i64> {
+        let unavailable = |detail: String, endpoints: &str| Error::Unavailable {
+            endpoints: endpoints.to_string(),
+            detail,
+        };
+        let fut = async {
+            self.keeper
+                .keep_alive()
+                .await
+                .map_err(|e| unavailable(format!("lease keep-alive: {e}"), &self.endpoints))?;
+            match self.stream.message().await {
+                Ok(Some(r)) => Ok(r.ttl()),
+                Ok(None) => Err(unavailable(
+                    "lease keep-alive stream closed".into(),
+                    &self.endpoints,
+                )),
+                Err(e) => Err(unavailable(
+                    format!("lease keep-alive: {e}"),
+                    &self.endpoints,
+                )),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "lease keep-alive timed out".into(),
+            })?
+    }
+}
+
 impl Etcd {
+    /// A connection for long-lived streams (watches, lease keep-alives): no per-request
+    /// deadline, which would cut a watch that is simply quiet. Unary requests on it are
+    /// bounded by hand (`REQUEST_TIMEOUT`).
+    pub async fn connect_streaming(cfg: &EtcdConfig) -> Result<Etcd> {
+        Self::connect_inner(cfg, false).await
+    }
+
+    /// Watches every key under `prefix` from `start_revision` (inclusive).
+    pub async fn watch_prefix(&mut self, prefix: &str, start_revision: i64) -> Result<Watch> {
+        let opts = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision)
+            .with_progress_notify();
+        let fut = self.client.watch(prefix, Some(opts));
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "watch request timed out".into(),
+            })?
+            .map_err(|e| self.err(e))?;
+        Ok(Watch {
+            stream,
+            endpoints: self.endpoints.clone(),
+        })
+    }
+
+    /// Every key under `prefix` and the store revision they were read at.
+    pub async fn list_prefix(&mut self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
+        let fut = self
+            .client
+            .get(prefix, Some(GetOptions::new().with_prefix()));
+        let mut r = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "list timed out".into(),
+            })?
+            .map_err(|e| self.err(e))?;
+        let rev = r.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((r.take_kvs(), rev))
+    }
+
+    /// Grants a lease of `ttl` seconds; returns its id.
+    pub async fn lease_grant(&mut self, ttl: i64) -> Result<i64> {
+        let fut = self.client.lease_grant(ttl, None);
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "lease grant timed out".into(),
+            })?
+            .map_err(|e| self.err(e))?;
+        Ok(r.id())
+    }
+
+    /// Revokes a lease (its keys are deleted at once).
+    pub async fn lease_revoke(&mut self, id: i64) -> Result<()> {
+        let fut = self.client.lease_revoke(id);
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "lease revoke timed out".into(),
+            })?
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A keep-alive channel for lease `id`.
+    pub async fn keep_alive(&mut self, id: i64) -> Result<LeaseKeepAlive> {
+        let fut = self.client.lease_keep_alive(id);
+        let (keeper, stream) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "lease keep-alive timed out".into(),
+            })?
+            .map_err(|e| self.err(e))?;
+        Ok(LeaseKeepAlive {
+            keeper,
+            stream,
+            endpoints: self.endpoints.clone(),
+        })
+    }
+
+    /// Puts `key` attached to lease `lease` (deleted when the lease expires).
+    pub async fn put_with_lease(&mut self, key: &str, value: Vec<u8>, lease: i64) -> Result<()> {
+        let fut = self
+            .client
+            .put(key, value, Some(PutOptions::new().with_lease(lease)));
+        tokio::time::timeout(REQUEST_TIMEOUT, fut)
+            .await
+            .map_err(|_| Error::Unavailable {
+                endpoints: self.endpoints.clone(),
+                detail: "put timed out".into(),
+            })?
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     pub async fn connect(cfg: &EtcdConfig) -> Result<Etcd> {
+        Self::connect_inner(cfg, true).await
+    }
+
+    async fn connect_inner(cfg: &EtcdConfig, request_timeout: bool) -> Result<Etcd> {
         if cfg.endpoints.is_empty() {
             return Err(Error::Config("no etcd endpoints".into()));
         }
         let endpoints = cfg.endpoints.join(",");
         let tls_without_cert = cfg.tls.as_ref().is_some_and(|t| t.cert.is_none());
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
+        let mut opts = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+        if request_timeout {
+            opts = opts.with_timeout(REQUEST_TIMEOUT);
+        }
         if let Some(tls) = &cfg.tls {
             let mut t = TlsOptions::new();
             if let Some(ca) = &tls.ca {

@@ -2,6 +2,7 @@
 //! cluster store on etcd (`etcd` + `nodeName`). Used by the `reef-ipam` binary and,
 //! in-process, by Reef's main plugins (which saves a process start per ADD/DEL).
 
+use crate::cluster::model::WorkloadRecord;
 use crate::cluster::{ClusterError, ClusterIpamConfig, ClusterStore};
 use crate::{Handle, IpamConfig, IpamError, LocalStore};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Dns, IpConfig, Plugin, Route};
@@ -167,15 +168,49 @@ impl ReefIpam {
     }
 }
 
-impl Plugin for ReefIpam {
-    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+/// The workload record of an attachment: Kubernetes identity from CNI_ARGS, labels from the
+/// `labels` capability (runtimeConfig), and the host-side interface when the caller knows it.
+pub fn workload_of(args: &CmdArgs, host_interface: Option<&str>) -> WorkloadRecord {
+    let labels = args
+        .conf
+        .runtime_config
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    WorkloadRecord {
+        node: String::new(),
+        network: args.conf.name.clone(),
+        container_id: args.container_id.clone(),
+        ifname: args.ifname.clone(),
+        ips: Vec::new(),
+        namespace: args.arg("K8S_POD_NAMESPACE").map(String::from),
+        name: args.arg("K8S_POD_NAME").map(String::from),
+        labels,
+        host_interface: host_interface.map(String::from),
+    }
+}
+
+impl ReefIpam {
+    /// ADD; in cluster mode the workload record (see `workload_of`) is written in the same
+    /// transaction as the addresses.
+    pub fn add_for(
+        &self,
+        args: &CmdArgs,
+        host_interface: Option<&str>,
+    ) -> Result<CniResult, CniError> {
         let section = ipam_section(args)?;
         let routes = routes(section)?;
         let dns = dns_from_resolv_conf(section)?;
         let ips: Vec<IpConfig> = if let Some(cfg) = cluster_config(args)? {
             let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
+            let workload = workload_of(args, host_interface);
             with_cluster(&cfg, move |s| {
-                Box::pin(async move { s.allocate(&cid, &ifn).await })
+                Box::pin(async move { s.allocate_for(&cid, &ifn, Some(workload)).await })
             })?
             .into_iter()
             .map(|a| IpConfig {
@@ -203,6 +238,12 @@ impl Plugin for ReefIpam {
             routes,
             dns,
         })
+    }
+}
+
+impl Plugin for ReefIpam {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        self.add_for(args, None)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -256,6 +256,17 @@ impl ClusterStore {
 
     /// ADD: one address per address family of the pools. Idempotent per handle.
     pub async fn allocate(&mut self, container_id: &str, ifname: &str) -> Result<Vec<Assigned>> {
+        self.allocate_for(container_id, ifname, None).await
+    }
+
+    /// ADD that also records the workload (pod identity, labels, host interface) in the same
+    /// transaction; its `ips` are filled in here.
+    pub async fn allocate_for(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+        workload: Option<WorkloadRecord>,
+    ) -> Result<Vec<Assigned>> {
         let mut config = self.config().await?;
         let id = handle_id(&self.node, container_id, ifname);
         let hkey = handle_key(&id);
@@ -292,6 +303,12 @@ impl ClusterStore {
                 reads.push(TxnOp::get(key.as_str(), None));
             }
             ops.push(TxnOp::put(hkey.as_str(), json(&plan.handle), None));
+            if let Some(w) = &workload {
+                let mut w = w.clone();
+                w.node = self.node.clone();
+                w.ips = plan.handle.ips.iter().map(|h| h.ip).collect();
+                ops.push(TxnOp::put(workload_key(&id), json(&w), None));
+            }
             for (ip, rec) in &plan.borrowed {
                 ops.push(TxnOp::put(borrowed_key(ip), json(rec), None));
             }
@@ -548,7 +565,10 @@ impl ClusterStore {
                 CompareOp::Equal,
                 handle.rev,
             )];
-            let mut ops = vec![TxnOp::delete(hkey.as_str(), None)];
+            let mut ops = vec![
+                TxnOp::delete(hkey.as_str(), None),
+                TxnOp::delete(workload_key(id), None),
+            ];
             let mut reads = vec![TxnOp::get(hkey.as_str(), None)];
             let mut updated: BTreeMap<String, Block> = BTreeMap::new();
             let mut freed = Vec::new();
@@ -852,7 +872,10 @@ pub mod admin {
                 CompareOp::Equal,
                 hkv.mod_revision(),
             )];
-            let mut ops = vec![TxnOp::delete(hkey.as_str(), None)];
+            let mut ops = vec![
+                TxnOp::delete(hkey.as_str(), None),
+                TxnOp::delete(workload_key(id), None),
+            ];
             let mut freed = Vec::new();
             let mut blocks: HashMap<String, (i64, Block)> = HashMap::new();
             for hip in &rec.ips {

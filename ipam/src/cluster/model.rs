@@ -8,6 +8,10 @@
 //! /reef/blocks/<cidr with / as ->     Block: owner node + ordinal -> allocation
 //! /reef/handles/<node>/<cid>/<ifname> HandleRecord: the addresses one attachment holds
 //! /reef/borrowed/<ip>                 BorrowedRecord: an address used outside its block's node
+//! /reef/workloads/<node>/<cid>/<ifname> WorkloadRecord: who holds the addresses (pod identity,
+//!                                     labels, host interface), written with the handle
+//! /reef/agents/<node>                 AgentStatus, attached to the agent's lease: present
+//!                                     while the node's reef-agent is alive
 //! ```
 //! Every change is one etcd transaction guarded by mod-revision compares, so concurrent
 //! allocators on any number of hosts never hand out one address twice, and a crash can only
@@ -24,6 +28,8 @@ pub const NODES: &str = "/reef/nodes/";
 pub const BLOCKS: &str = "/reef/blocks/";
 pub const HANDLES: &str = "/reef/handles/";
 pub const BORROWED: &str = "/reef/borrowed/";
+pub const WORKLOADS: &str = "/reef/workloads/";
+pub const AGENTS: &str = "/reef/agents/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -122,6 +128,73 @@ pub struct HandleRecord {
 pub struct BorrowedRecord {
     pub node: String,
     pub block: IpNetwork,
+}
+
+/// A node as the agent registers it. IPAM creates a bare one (`name` only) on a node's first
+/// allocation; the agent fills in how to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    pub name: String,
+    /// The node's underlay address with its subnet's prefix (198.18.1.2/24): the next hop
+    /// for its blocks, and (prefix) whether another node shares its subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpNetwork>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// VXLAN tunnel endpoint (vxlan modes): the device's MAC and address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_ip: Option<IpAddr>,
+}
+
+/// What a live agent reports about itself (deleted with its lease).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub node: String,
+    pub pid: u32,
+    pub mode: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub updated: u64,
+    /// Routes the agent has programmed (remote blocks, borrowed /32s, own blackholes).
+    pub routes: usize,
+    /// Remote nodes whose routes the kernel refused, with why (e.g. another subnet in routed
+    /// mode: the next hop is not on-link).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub problems: BTreeMap<String, String>,
+}
+
+/// One attachment's identity, for services and policies (Kubernetes conventions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRecord {
+    pub node: String,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+}
+
+pub fn workload_key(handle_id: &str) -> String {
+    format!("{WORKLOADS}{handle_id}")
+}
+
+pub fn agent_key(node: &str) -> String {
+    format!("{AGENTS}{node}")
 }
 
 pub fn block_key(cidr: &IpNetwork) -> String {

@@ -3,7 +3,6 @@
 //! IPAM, optional gateway-on-bridge, masquerade, hairpin and MTU.
 
 mod config;
-mod ipam;
 mod plugin;
 
 fn main() {

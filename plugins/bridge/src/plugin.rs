@@ -1,10 +1,11 @@
 //! The verbs.
 
-use crate::config::{host_veth_alias, host_veth_name, parse_host_veth_alias, BridgeConf};
-use crate::ipam::IpamClient;
+use crate::config::BridgeConf;
 use ipnetwork::IpNetwork;
+use reef_cni::attachment::{host_veth_alias, host_veth_name, parse_host_veth_alias};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, Plugin, Route};
 use reef_firewall::{nftables::Nftables, Firewall, Masquerade};
+use reef_ipam::client::IpamClient;
 use reef_netlink::{sysctl, NetNs, Netlink, PendingNetlink, RouteSpec};
 use std::future::Future;
 use std::net::IpAddr;
@@ -96,6 +97,7 @@ fn route_spec(r: &Route, oif: u32) -> RouteSpec {
         priority: r.priority,
         table: r.table,
         scope: r.scope,
+        ..RouteSpec::new(r.dst, r.gw)
     }
 }
 
@@ -271,7 +273,7 @@ impl Bridge {
             ));
         }
         let ipam = IpamClient::for_args(args)?;
-        let ipam_result = ipam.add()?;
+        let ipam_result = ipam.add(&host_name)?;
         if ipam_result.ips.is_empty() {
             let _ = ipam.run(Command::Del);
             return Err(CniError::new(codes::DELEGATE, "IPAM returned no addresses"));

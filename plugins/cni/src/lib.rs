@@ -4,6 +4,7 @@
 //!
 //! Nothing here talks to the kernel; the netlink side lives in `reef-netlink`.
 
+pub mod attachment;
 pub mod delegate;
 pub mod error;
 pub mod skel;

@@ -12,7 +12,10 @@ pub mod ops;
 pub mod sysctl;
 
 pub use netns::NetNs;
-pub use ops::{AddrInfo, LinkInfo, Netlink, PendingNetlink, RouteInfo, RouteSpec};
+pub use ops::{
+    parse_mac, AddrInfo, LinkInfo, NeighbourInfo, Netlink, PendingNetlink, RouteInfo, RouteKind,
+    RouteSpec,
+};
 
 use std::io;
 

@@ -8,8 +8,12 @@ use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessa
 use netlink_packet_route::link::{
     InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::AddressFamily;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
@@ -87,6 +91,21 @@ pub struct RouteSpec {
     pub priority: Option<u32>,
     pub table: Option<u32>,
     pub scope: Option<u8>,
+    /// The route's origin (`rtm_protocol`): daemons tag their routes with their own number so
+    /// they can find and remove exactly those later. None = the kernel default ("boot").
+    pub protocol: Option<u8>,
+    pub kind: RouteKind,
+    /// The gateway is reachable on `oif` even without a covering connected route (VXLAN).
+    pub onlink: bool,
+}
+
+/// The route types Reef uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteKind {
+    #[default]
+    Unicast,
+    /// Drops traffic silently: a node's own, partly unused blocks must not leak back out.
+    Blackhole,
 }
 
 impl RouteSpec {
@@ -100,7 +119,29 @@ impl RouteSpec {
             priority: None,
             table: None,
             scope: None,
+            protocol: None,
+            kind: RouteKind::Unicast,
+            onlink: false,
         }
+    }
+}
+
+/// A permanent neighbour (ARP/NDP) entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourInfo {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub mac: Option<String>,
+    pub permanent: bool,
+}
+
+/// "aa:bb:cc:dd:ee:ff" to bytes.
+pub fn parse_mac(s: &str) -> Result<Vec<u8>> {
+    let bytes: std::result::Result<Vec<u8>, _> =
+        s.split(':').map(|b| u8::from_str_radix(b, 16)).collect();
+    match bytes {
+        Ok(b) if b.len() == 6 => Ok(b),
+        _ => Err(Error::Invalid(format!("invalid MAC address \"{s}\""))),
     }
 }
 
@@ -287,6 +328,23 @@ impl Netlink {
         controller: Option<u32>,
         alias: Option<&str>,
     ) -> Result<()> {
+        self.create_veth_with_mac(host, peer, peer_ns, mtu, controller, alias, None)
+            .await
+    }
+
+    /// `create_veth`, with the host end's MAC fixed (routed mode: every host veth answers as
+    /// the same gateway MAC, so a pod's neighbour entry never goes stale).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_veth_with_mac(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_ns: &NetNs,
+        mtu: Option<u32>,
+        controller: Option<u32>,
+        alias: Option<&str>,
+        host_mac: Option<&[u8]>,
+    ) -> Result<()> {
         let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.fd());
         if let Some(m) = mtu {
             p = p.mtu(m);
@@ -299,6 +357,9 @@ impl Netlink {
         }
         if let Some(c) = controller {
             v = v.controller(c);
+        }
+        if let Some(mac) = host_mac {
+            v = v.address(mac.to_vec());
         }
         self.handle
             .link()
@@ -426,6 +487,194 @@ impl Netlink {
     }
 
     pub async fn add_route(&self, r: &RouteSpec) -> Result<()> {
+        self.send_route(r, false).await
+    }
+
+    /// Adds or replaces the route to `r.dst` (same table, priority and type) in one atomic
+    /// request: traffic never sees a moment without a route.
+    pub async fn replace_route(&self, r: &RouteSpec) -> Result<()> {
+        self.send_route(r, true).await
+    }
+
+    /// Deletes a route; Ok(false) when it did not exist.
+    pub async fn delete_route(&self, r: &RouteSpec) -> Result<bool> {
+        let msg = route_message(r)?;
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = Error::nl(format!("delete route {}", r.dst), e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn send_route(&self, r: &RouteSpec, replace: bool) -> Result<()> {
+        let msg = route_message(r)?;
+        let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+        let req = self.handle.route().add(msg);
+        let req = if replace { req.replace() } else { req };
+        req.execute()
+            .await
+            .map_err(|e| Error::nl(format!("add route {}{via}", r.dst), e))
+    }
+
+    /// Routes of both tables' families tagged with `protocol` in the main table (unicast and
+    /// blackhole): what a daemon owning that protocol number programmed.
+    pub async fn routes_by_protocol(&self, v6: bool, protocol: u8) -> Result<Vec<RouteInfo>> {
+        let msgs = self.route_messages(v6).await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| u8::from(m.header.protocol) == protocol)
+            .filter(|m| matches!(m.header.kind, RouteType::Unicast | RouteType::BlackHole))
+            .filter_map(|m| route_info(m, false))
+            .collect())
+    }
+
+    async fn route_messages(&self, v6: bool) -> Result<Vec<RouteMessage>> {
+        let query: RouteMessage = if v6 {
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+        };
+        self.handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl("list routes", e))
+    }
+
+    /// Adds (or replaces) a permanent neighbour entry `ip -> mac` on link `index`.
+    pub async fn set_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("add neighbour {ip} on link {index}"), e))
+    }
+
+    /// Deletes the neighbour entry for `ip` on link `index`; Ok(false) when absent.
+    pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<bool> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.ifindex = index;
+        msg.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match ip {
+                IpAddr::V4(a) => NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+            }));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = Error::nl(format!("delete neighbour {ip} on link {index}"), e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Neighbour entries of link `index` (both families).
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<NeighbourInfo>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl("list neighbours", e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| {
+                let mut ip = None;
+                let mut mac = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                            ip = Some(IpAddr::V4(*v4))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                            ip = Some(IpAddr::V6(*v6))
+                        }
+                        NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                            mac = Some(format_mac(l))
+                        }
+                        _ => {}
+                    }
+                }
+                Some(NeighbourInfo {
+                    index,
+                    ip: ip?,
+                    mac,
+                    permanent: m.header.state == NeighbourState::Permanent,
+                })
+            })
+            .collect())
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set mtu {mtu} on link {index}"), e))
+    }
+
+    /// Addresses of every link (for finding which link carries an address).
+    pub async fn all_addresses(&self) -> Result<Vec<AddrInfo>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| Error::nl("list addresses", e))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                IpNetwork::new(ip, m.header.prefix_len)
+                    .ok()
+                    .map(|address| AddrInfo {
+                        address,
+                        index: m.header.index,
+                    })
+            })
+            .collect())
+    }
+
+    /// The raw rtnetlink handle, for adapters built on this one (VXLAN, FDB).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// The netlink message for a route spec (add, replace and delete share it).
+fn route_message(r: &RouteSpec) -> Result<RouteMessage> {
+    {
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(r.dst.ip(), r.dst.prefix())
             .map_err(|e| Error::Invalid(format!("route {}: {e}", r.dst)))?;
@@ -445,8 +694,17 @@ impl Netlink {
         }
         if let Some(s) = r.scope {
             b = b.scope(RouteScope::from(s));
-        } else if r.gw.is_none() {
+        } else if r.gw.is_none() && r.kind == RouteKind::Unicast {
             b = b.scope(RouteScope::Link);
+        }
+        if let Some(p) = r.protocol {
+            b = b.protocol(RouteProtocol::from(p));
+        }
+        if r.kind == RouteKind::Blackhole {
+            b = b.kind(RouteType::BlackHole);
+        }
+        if r.onlink {
+            b = b.onlink();
         }
         let mut msg = b.build();
         let mut metrics = Vec::new();
@@ -459,30 +717,14 @@ impl Netlink {
         if !metrics.is_empty() {
             msg.attributes.push(RouteAttribute::Metrics(metrics));
         }
-        let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-        self.handle
-            .route()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| Error::nl(format!("add route {}{via}", r.dst), e))
+        Ok(msg)
     }
+}
 
+impl Netlink {
     /// Unicast routes of the main table (or every table with `all_tables`) for one family.
     pub async fn routes(&self, v6: bool, all_tables: bool) -> Result<Vec<RouteInfo>> {
-        let query: RouteMessage = if v6 {
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
-        } else {
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
-        };
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| Error::nl("list routes", e))?;
+        let msgs = self.route_messages(v6).await?;
         Ok(msgs
             .iter()
             .filter(|m| m.header.kind == RouteType::Unicast)
@@ -532,6 +774,11 @@ fn route_info(m: &RouteMessage, all_tables: bool) -> Option<RouteInfo> {
     }
     r.table = Some(table);
     r.scope = Some(u8::from(m.header.scope));
+    r.protocol = Some(u8::from(m.header.protocol));
+    r.onlink = m.header.flags.contains(RouteFlags::Onlink);
+    if m.header.kind == RouteType::BlackHole {
+        r.kind = RouteKind::Blackhole;
+    }
     r.dst = IpNetwork::new(dst_ip, m.header.destination_prefix_length).ok()?;
     Some(r)
 }

@@ -2,9 +2,9 @@
 //! binary, one process start less on every ADD and DEL); any other `ipam.type` is executed
 //! from CNI_PATH as the spec describes. `REEF_IPAM_EXEC=1` forces the exec path.
 
+use crate::plugin::{ReefIpam, PLUGIN_TYPE};
 use reef_cni::delegate::Ipam;
 use reef_cni::{CmdArgs, CniError, CniResult, Command, Plugin};
-use reef_ipam::plugin::{ReefIpam, PLUGIN_TYPE};
 
 pub enum IpamClient<'a> {
     InProcess(&'a CmdArgs),
@@ -22,9 +22,10 @@ impl<'a> IpamClient<'a> {
         }
     }
 
-    pub fn add(&self) -> Result<CniResult, CniError> {
+    /// ADD; `host_interface` goes into the cluster store's workload record.
+    pub fn add(&self, host_interface: &str) -> Result<CniResult, CniError> {
         match self {
-            IpamClient::InProcess(args) => ReefIpam.add(args),
+            IpamClient::InProcess(args) => ReefIpam.add_for(args, Some(host_interface)),
             IpamClient::Exec(i) => i.add(),
         }
     }
