@@ -289,6 +289,9 @@ impl Etcd {
         let mut opts = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
         if request_timeout {
             opts = opts.with_timeout(REQUEST_TIMEOUT);
+        } else {
+            // A watch on a silently dead connection would wait forever: HTTP/2 pings notice.
+            opts = opts.with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
         }
         if let Some(tls) = &cfg.tls {
             let mut t = TlsOptions::new();

@@ -781,6 +781,10 @@ pub mod admin {
     pub struct Snapshot {
         pub config: Option<ClusterConfig>,
         pub nodes: Vec<String>,
+        /// Node records as the agents registered them (bare ones from IPAM have no address).
+        pub node_records: BTreeMap<String, NodeRecord>,
+        /// Live agents (lease-bound status keys).
+        pub agents: BTreeMap<String, AgentStatus>,
         pub blocks: Vec<(String, i64, Block)>,
         pub handles: Vec<(String, HandleRecord)>,
         pub borrowed: Vec<(IpAddr, BorrowedRecord)>,
@@ -791,6 +795,8 @@ pub mod admin {
         let mut s = Snapshot {
             config: None,
             nodes: Vec::new(),
+            node_records: BTreeMap::new(),
+            agents: BTreeMap::new(),
             blocks: Vec::new(),
             handles: Vec::new(),
             borrowed: Vec::new(),
@@ -801,6 +807,13 @@ pub mod admin {
                 s.config = Some(decode(kv.key(), kv.value())?);
             } else if let Some(n) = key.strip_prefix(NODES) {
                 s.nodes.push(n.to_string());
+                if let Ok(rec) = serde_json::from_slice::<NodeRecord>(kv.value()) {
+                    s.node_records.insert(n.to_string(), rec);
+                }
+            } else if let Some(n) = key.strip_prefix(AGENTS) {
+                if let Ok(st) = serde_json::from_slice::<AgentStatus>(kv.value()) {
+                    s.agents.insert(n.to_string(), st);
+                }
             } else if key.starts_with(BLOCKS) {
                 s.blocks.push((
                     key.clone(),

@@ -247,20 +247,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             let snap = admin::snapshot(&mut etcd)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut rows = Vec::new();
-            let mut text = format!("{:<24} {:>7} {:>10}\n", "NODE", "BLOCKS", "ADDRESSES");
-            for n in &snap.nodes {
-                let blocks = snap.blocks.iter().filter(|(_, _, b)| &b.node == n).count();
-                let addrs = snap
-                    .handles
-                    .iter()
-                    .filter(|(_, h)| &h.node == n)
-                    .map(|(_, h)| h.ips.len())
-                    .sum::<usize>();
-                text.push_str(&format!("{n:<24} {blocks:>7} {addrs:>10}\n"));
-                rows.push(json!({"name": n, "blocks": blocks, "addresses": addrs}));
-            }
-            Ok((text, Value::Array(rows)))
+            Ok(node_table(&snap))
         }
         Cmd::Node {
             command: NodeCmd::Rm { name },
@@ -305,22 +292,26 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 "initialised": snap.config.is_some(),
                 "mode": snap.config.as_ref().map(|c| c.mode.as_str()),
                 "pools": snap.config.as_ref().map(|c| c.pools.iter().map(|p| p.cidr.to_string()).collect::<Vec<_>>()),
-                "nodes": snap.nodes.len(),
+                "nodes": node_table(&snap).1,
                 "blocks": snap.blocks.len(),
                 "handles": snap.handles.len(),
             });
-            let text = match &snap.config {
+            let mut text = match &snap.config {
                 None => format!("etcd {}: ok\ncluster: not initialised (run reefctl init)\n", etcd.endpoints()),
                 Some(c) => format!(
-                    "etcd {}: ok\nmode: {}\npools: {}\nnodes: {}  blocks: {}  allocated handles: {}\n",
+                    "etcd {}: ok\nmode: {}\npools: {}\nnodes: {} ({} alive)  blocks: {}  allocated handles: {}\n",
                     etcd.endpoints(),
                     c.mode.as_str(),
                     c.pools.iter().map(|p| p.cidr.to_string()).collect::<Vec<_>>().join(", "),
                     snap.nodes.len(),
+                    snap.nodes.iter().filter(|n| snap.agents.contains_key(*n)).count(),
                     snap.blocks.len(),
                     snap.handles.len()
                 ),
             };
+            if snap.config.is_some() {
+                text.push_str(&node_table(&snap).0);
+            }
             Ok((text, value))
         }
     }
@@ -335,6 +326,73 @@ fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: &dyn std::fmt::Display) ->
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
     e.to_string()
+}
+
+/// Every node: underlay address, whether its agent is alive (lease), the routes the agent
+/// reports having programmed, its blocks, and any routing problem agents report about it.
+fn node_table(snap: &Snapshot) -> (String, Value) {
+    let mut text = format!(
+        "{:<20} {:<20} {:<6} {:>6} {:>9}  BLOCKS\n",
+        "NODE", "ADDRESS", "ALIVE", "ROUTES", "ADDRESSES"
+    );
+    let mut rows = Vec::new();
+    let mut problems_text = String::new();
+    for n in &snap.nodes {
+        let blocks: Vec<String> = snap
+            .blocks
+            .iter()
+            .filter(|(_, _, b)| &b.node == n)
+            .map(|(_, _, b)| b.cidr.to_string())
+            .collect();
+        let addrs = snap
+            .handles
+            .iter()
+            .filter(|(_, h)| &h.node == n)
+            .map(|(_, h)| h.ips.len())
+            .sum::<usize>();
+        let address = snap.node_records.get(n).and_then(|r| r.address);
+        let agent = snap.agents.get(n);
+        // Problems any live agent reports about this node (e.g. unreachable next hop), and
+        // this node's own agent's problems.
+        let mut problems = serde_json::Map::new();
+        for (reporter, st) in &snap.agents {
+            for (about, why) in &st.problems {
+                if about == n || reporter == n {
+                    let k = if reporter == n {
+                        about.clone()
+                    } else {
+                        format!("seen from {reporter}")
+                    };
+                    problems_text.push_str(&format!("  {n}: {k}: {why}\n"));
+                    problems.insert(k, Value::from(why.clone()));
+                }
+            }
+        }
+        text.push_str(&format!(
+            "{n:<20} {:<20} {:<6} {:>6} {addrs:>9}  {}\n",
+            address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            if agent.is_some() { "yes" } else { "no" },
+            agent
+                .map(|a| a.routes.to_string())
+                .unwrap_or_else(|| "-".into()),
+            blocks.join(",")
+        ));
+        rows.push(json!({
+            "name": n,
+            "address": address.map(|a| a.to_string()),
+            "alive": agent.is_some(),
+            "routes": agent.map(|a| a.routes),
+            "mode": agent.map(|a| a.mode.clone()),
+            "blocks": blocks,
+            "addresses": addrs,
+            "problems": problems,
+        }));
+    }
+    if !problems_text.is_empty() {
+        text.push_str("PROBLEMS\n");
+        text.push_str(&problems_text);
+    }
+    (text, Value::Array(rows))
 }
 
 fn ipam_show(snap: &Snapshot) -> (String, Value) {

@@ -1,0 +1,83 @@
+//! reef-agent: `reef-agent --etcd URL[,URL] --node NAME --iface UNDERLAY_IF`.
+
+use clap::Parser;
+use reef_agent::agent::{self, Options};
+use reef_etcd::{EtcdConfig, TlsFiles};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "reef-agent",
+    about = "Reef's per-host agent: routes between nodes, natOutgoing, liveness",
+    version
+)]
+struct Cli {
+    /// etcd endpoints, comma separated.
+    #[arg(long, env = "REEF_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    #[arg(long)]
+    etcd_ca: Option<PathBuf>,
+    #[arg(long)]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long)]
+    etcd_key: Option<PathBuf>,
+    /// This node's name (the `nodeName` its CNI configs use).
+    #[arg(long, env = "REEF_NODE")]
+    node: String,
+    /// The underlay interface: its address is where other nodes send this node's pod traffic.
+    #[arg(long)]
+    iface: String,
+    /// Seconds without a heartbeat after which the node reads as not alive.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=3600))]
+    lease_ttl: i64,
+    /// Seconds between full reconciliations against the kernel.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    resync: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let valid = !cli.node.is_empty()
+        && cli
+            .node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        eprintln!("reef-agent: invalid --node \"{}\"", cli.node);
+        return ExitCode::from(2);
+    }
+    let tls = (cli.etcd_ca.is_some() || cli.etcd_cert.is_some()).then(|| TlsFiles {
+        ca: cli.etcd_ca,
+        cert: cli.etcd_cert,
+        key: cli.etcd_key,
+    });
+    let opts = Options {
+        etcd: EtcdConfig {
+            endpoints: cli.etcd,
+            tls,
+        },
+        node: cli.node,
+        iface: cli.iface,
+        lease_ttl: cli.lease_ttl,
+        resync: Duration::from_secs(cli.resync),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("reef-agent: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(agent::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            reef_agent::warn!("fatal", error = e);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The node's presence in etcd: its record (`/reef/nodes/<node>`: how to reach it) and its
+//! liveness (`/reef/agents/<node>`, attached to a lease the agent keeps alive; it disappears
+//! on its own when the agent dies, and at once when it stops cleanly).
+
+use reef_etcd::{Etcd, EtcdConfig};
+use reef_ipam::cluster::model::{agent_key, node_key, AgentStatus, NodeRecord};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Writes or updates the node record, keeping fields other writers own (VTEP data).
+pub async fn register_node(etcd: &mut Etcd, wanted: &NodeRecord) -> reef_etcd::Result<bool> {
+    let key = node_key(&wanted.name);
+    let current: Option<NodeRecord> = etcd
+        .get(&key)
+        .await?
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok());
+    let mut rec = current.clone().unwrap_or_default();
+    rec.name = wanted.name.clone();
+    rec.address = wanted.address;
+    rec.interface = wanted.interface.clone();
+    rec.mtu = wanted.mtu;
+    if wanted.vtep_mac.is_some() {
+        rec.vtep_mac = wanted.vtep_mac.clone();
+        rec.vtep_ip = wanted.vtep_ip;
+    }
+    if current.as_ref() == Some(&rec) {
+        return Ok(false);
+    }
+    etcd.put(&key, serde_json::to_vec(&rec).unwrap_or_default())
+        .await?;
+    Ok(true)
+}
+
+/// Keeps the agent's status key alive until `stop` turns true, then revokes the lease so the
+/// node reads as stopped at once. Survives etcd outages: a lost lease is granted again.
+pub async fn heartbeat(
+    cfg: EtcdConfig,
+    node: String,
+    ttl: i64,
+    mut status: watch::Receiver<AgentStatus>,
+    mut stop: watch::Receiver<bool>,
+    alive: watch::Sender<bool>,
+) {
+    loop {
+        match session(&cfg, &node, ttl, &mut status, &mut stop, &alive).await {
+            Ok(()) => return,
+            Err(e) => {
+                let _ = alive.send(false);
+                crate::warn!("heartbeat interrupted", error = e);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn session(
+    cfg: &EtcdConfig,
+    node: &str,
+    ttl: i64,
+    status: &mut watch::Receiver<AgentStatus>,
+    stop: &mut watch::Receiver<bool>,
+    alive: &watch::Sender<bool>,
+) -> reef_etcd::Result<()> {
+    let mut etcd = Etcd::connect_streaming(cfg).await?;
+    let lease = etcd.lease_grant(ttl).await?;
+    let key = agent_key(node);
+    let body = |s: &AgentStatus| serde_json::to_vec(s).unwrap_or_default();
+    let first = status.borrow_and_update().clone();
+    etcd.put_with_lease(&key, body(&first), lease).await?;
+    let mut keep = etcd.keep_alive(lease).await?;
+    let _ = alive.send(true);
+    crate::info!("lease granted", lease = lease, ttl = ttl);
+    let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {
+                let left = keep.refresh().await?;
+                if left <= 0 {
+                    return Err(reef_etcd::Error::Unavailable {
+                        endpoints: etcd.endpoints().to_string(),
+                        detail: format!("lease {lease} expired"),
+                    });
+                }
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let s = status.borrow_and_update().clone();
+                etcd.put_with_lease(&key, body(&s), lease).await?;
+            }
+            _ = stop.changed() => {
+                if let Err(e) = etcd.lease_revoke(lease).await {
+                    crate::warn!("lease revoke failed", error = e);
+                }
+                let _ = alive.send(false);
+                return Ok(());
+            }
+        }
+    }
+}
