@@ -174,6 +174,23 @@ impl LeaseKeepAlive {
     }
 }
 
+/// Runs one request on a streaming connection (which has no per-request deadline of its own)
+/// within `REQUEST_TIMEOUT`.
+async fn bounded<T>(
+    endpoints: &str,
+    what: &str,
+    fut: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    tls_without_cert: bool,
+) -> Result<T> {
+    tokio::time::timeout(REQUEST_TIMEOUT, fut)
+        .await
+        .map_err(|_| Error::Unavailable {
+            endpoints: endpoints.to_string(),
+            detail: format!("{what} timed out"),
+        })?
+        .map_err(|e| classify(endpoints, e, tls_without_cert))
+}
+
 impl Etcd {
     /// A connection for long-lived streams (watches, lease keep-alives): no per-request
     /// deadline, which would cut a watch that is simply quiet. Unary requests on it are
@@ -189,13 +206,7 @@ impl Etcd {
             .with_start_revision(start_revision)
             .with_progress_notify();
         let fut = self.client.watch(prefix, Some(opts));
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoints: self.endpoints.clone(),
-                detail: "watch request timed out".into(),
-            })?
-            .map_err(|e| self.err(e))?;
+        let stream = bounded(&self.endpoints, "watch request", fut, self.tls_without_cert).await?;
         Ok(Watch {
             stream,
             endpoints: self.endpoints.clone(),
@@ -207,13 +218,7 @@ impl Etcd {
         let fut = self
             .client
             .get(prefix, Some(GetOptions::new().with_prefix()));
-        let mut r = tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoints: self.endpoints.clone(),
-                detail: "list timed out".into(),
-            })?
-            .map_err(|e| self.err(e))?;
+        let mut r = bounded(&self.endpoints, "list", fut, self.tls_without_cert).await?;
         let rev = r.header().map(|h| h.revision()).unwrap_or_default();
         Ok((r.take_kvs(), rev))
     }
@@ -221,39 +226,27 @@ impl Etcd {
     /// Grants a lease of `ttl` seconds; returns its id.
     pub async fn lease_grant(&mut self, ttl: i64) -> Result<i64> {
         let fut = self.client.lease_grant(ttl, None);
-        let r = tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoints: self.endpoints.clone(),
-                detail: "lease grant timed out".into(),
-            })?
-            .map_err(|e| self.err(e))?;
+        let r = bounded(&self.endpoints, "lease grant", fut, self.tls_without_cert).await?;
         Ok(r.id())
     }
 
     /// Revokes a lease (its keys are deleted at once).
     pub async fn lease_revoke(&mut self, id: i64) -> Result<()> {
         let fut = self.client.lease_revoke(id);
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoints: self.endpoints.clone(),
-                detail: "lease revoke timed out".into(),
-            })?
-            .map_err(|e| self.err(e))?;
+        bounded(&self.endpoints, "lease revoke", fut, self.tls_without_cert).await?;
         Ok(())
     }
 
     /// A keep-alive channel for lease `id`.
     pub async fn keep_alive(&mut self, id: i64) -> Result<LeaseKeepAlive> {
         let fut = self.client.lease_keep_alive(id);
-        let (keeper, stream) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoints: self.endpoints.clone(),
-                detail: "lease keep-alive timed out".into(),
-            })?
-            .map_err(|e| self.err(e))?;
+        let (keeper, stream) = bounded(
+            &self.endpoints,
+            "lease keep-alive",
+            fut,
+            self.tls_without_cert,
+        )
+        .await?;
         Ok(LeaseKeepAlive {
             keeper,
             stream,
@@ -266,13 +259,7 @@ impl Etcd {
         let fut = self
             .client
             .put(key, value, Some(PutOptions::new().with_lease(lease)));
-        tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .map_err(|_| Error::Unavailable {
-                endpoints: self.endpoints.clone(),
-                detail: "put timed out".into(),
-            })?
-            .map_err(|e| self.err(e))?;
+        bounded(&self.endpoints, "put", fut, self.tls_without_cert).await?;
         Ok(())
     }
 

@@ -167,10 +167,12 @@ async fn session(st: &mut State) -> Result<(), String> {
         info!("node registered", node = st.record.name);
     }
     let (kvs, rev) = etcd.list_prefix(PREFIX).await.map_err(|e| e.to_string())?;
-    let mut view = ClusterView::from_kvs(
-        kvs.iter()
-            .map(|kv| (std::str::from_utf8(kv.key()).unwrap_or_default(), kv.value())),
-    );
+    let mut view = ClusterView::from_kvs(kvs.iter().map(|kv| {
+        (
+            std::str::from_utf8(kv.key()).unwrap_or_default(),
+            kv.value(),
+        )
+    }));
     reconcile(st, &view, true).await?;
     if !st.ready {
         // Ready means: routes reconciled and liveness visible to the cluster.
@@ -236,7 +238,10 @@ async fn reconcile(st: &mut State, view: &ClusterView, full: bool) -> Result<(),
                     }
                 }
             }
-            st.backend.sync(view, full).await.map_err(|e| e.to_string())?
+            st.backend
+                .sync(view, full)
+                .await
+                .map_err(|e| e.to_string())?
         }
         Some(other) => {
             let why = format!(
@@ -256,7 +261,10 @@ async fn reconcile(st: &mut State, view: &ClusterView, full: bool) -> Result<(),
     problems.extend(report.problems.clone());
     let routes = report.routes;
     st.status.send_if_modified(|s| {
-        let mode = mode.map(|m| m.as_str()).unwrap_or("uninitialised").to_string();
+        let mode = mode
+            .map(|m| m.as_str())
+            .unwrap_or("uninitialised")
+            .to_string();
         if s.routes == routes && s.problems == problems && s.mode == mode {
             return false;
         }

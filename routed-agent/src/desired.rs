@@ -16,7 +16,10 @@ pub enum Target {
     /// Next hop on a shared segment.
     Via(IpAddr),
     /// Next hop through a device that has no covering route for it (VXLAN's VTEP addresses).
-    Onlink { via: IpAddr, dev: u32 },
+    Onlink {
+        via: IpAddr,
+        dev: u32,
+    },
 }
 
 /// One wanted route and the node it serves (for problem reports).
@@ -44,8 +47,8 @@ pub type NextHop<'a> = dyn Fn(&str, bool) -> Result<Target, String> + 'a;
 /// The routes for `me`, with `next_hop(node, v4)` choosing how to reach a remote node.
 pub fn compute(view: &ClusterView, me: &str, next_hop: &NextHop<'_>) -> Desired {
     let mut d = Desired::default();
-    let add_remote = |d: &mut Desired, dst: IpNetwork, node: &str| {
-        match next_hop(node, dst.is_ipv4()) {
+    let add_remote =
+        |d: &mut Desired, dst: IpNetwork, node: &str| match next_hop(node, dst.is_ipv4()) {
             Ok(target) => {
                 d.routes.insert(
                     dst,
@@ -58,8 +61,7 @@ pub fn compute(view: &ClusterView, me: &str, next_hop: &NextHop<'_>) -> Desired 
             Err(why) => {
                 d.problems.insert(node.to_string(), why);
             }
-        }
-    };
+        };
     for block in view.blocks.values() {
         if block.node == me {
             d.routes.insert(
@@ -105,8 +107,14 @@ mod tests {
 
     fn view() -> ClusterView {
         ClusterView::from_kvs([
-            ("/reef/nodes/a", &br#"{"name":"a","address":"198.18.1.2/24"}"#[..]),
-            ("/reef/nodes/b", &br#"{"name":"b","address":"198.18.1.3/24"}"#[..]),
+            (
+                "/reef/nodes/a",
+                &br#"{"name":"a","address":"198.18.1.2/24"}"#[..],
+            ),
+            (
+                "/reef/nodes/b",
+                &br#"{"name":"b","address":"198.18.1.3/24"}"#[..],
+            ),
             ("/reef/nodes/c", &br#"{"name":"c"}"#[..]),
             (
                 "/reef/blocks/10.0.0.0-26",

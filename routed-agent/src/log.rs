@@ -17,7 +17,10 @@ pub fn line(level: &str, msg: &str, fields: &[(&str, &dyn std::fmt::Display)]) {
 }
 
 fn quote(v: &str) -> String {
-    if !v.is_empty() && v.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=') {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=')
+    {
         v.to_string()
     } else {
         format!("{v:?}")

@@ -24,7 +24,8 @@ pub fn script(pools: &[Pool]) -> String {
         };
         format!("  set {name} {{ type {ty}; flags interval;{elements} }}\n")
     };
-    let mut s = format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
+    let mut s =
+        format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
     s += &set("pools4", "ipv4_addr", &list(true, false));
     s += &set("nat4", "ipv4_addr", &list(true, true));
     s += &set("pools6", "ipv6_addr", &list(false, false));
@@ -59,7 +60,9 @@ mod tests {
         ];
         let s = script(&pools);
         assert!(s.contains("set pools4 { type ipv4_addr; flags interval; elements = { 10.1.0.0/16, 10.2.0.0/16 }; }"));
-        assert!(s.contains("set nat4 { type ipv4_addr; flags interval; elements = { 10.1.0.0/16 }; }"));
+        assert!(
+            s.contains("set nat4 { type ipv4_addr; flags interval; elements = { 10.1.0.0/16 }; }")
+        );
         assert!(s.contains("set nat6 { type ipv6_addr; flags interval; }"));
     }
 }

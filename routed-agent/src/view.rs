@@ -45,7 +45,11 @@ impl ClusterView {
             return Touched::Config;
         }
         if let Some(name) = key.strip_prefix(NODES) {
-            set(&mut self.nodes, name.to_string(), value.and_then(|v| decode(key, v)));
+            set(
+                &mut self.nodes,
+                name.to_string(),
+                value.and_then(|v| decode(key, v)),
+            );
             return Touched::Routing;
         }
         if key.starts_with(BLOCKS) {
@@ -73,7 +77,11 @@ impl ClusterView {
             return Touched::Routing;
         }
         if let Some(name) = key.strip_prefix(AGENTS) {
-            set(&mut self.agents, name.to_string(), value.and_then(|v| decode(key, v)));
+            set(
+                &mut self.agents,
+                name.to_string(),
+                value.and_then(|v| decode(key, v)),
+            );
             return Touched::Agents;
         }
         Touched::Nothing
@@ -120,14 +128,14 @@ mod tests {
     #[test]
     fn bad_records_are_skipped() {
         let v = ClusterView::from_kvs([
-            ("/reef/nodes/a", &b"{\"name\":\"a\",\"address\":\"198.18.1.2/24\"}"[..]),
+            (
+                "/reef/nodes/a",
+                &b"{\"name\":\"a\",\"address\":\"198.18.1.2/24\"}"[..],
+            ),
             ("/reef/nodes/b", &b"not json"[..]),
             ("/reef/handles/a/c/eth0", &b"{}"[..]),
         ]);
         assert_eq!(v.nodes.len(), 1);
-        assert_eq!(
-            v.nodes["a"].address.unwrap().to_string(),
-            "198.18.1.2/24"
-        );
+        assert_eq!(v.nodes["a"].address.unwrap().to_string(), "198.18.1.2/24");
     }
 }

@@ -462,27 +462,11 @@ impl Netlink {
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<AddrInfo>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| Error::nl(format!("list addresses of link {index}"), e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.index == index)
-            .filter_map(|m| {
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                })?;
-                IpNetwork::new(ip, m.header.prefix_len)
-                    .ok()
-                    .map(|address| AddrInfo { address, index })
-            })
+        Ok(self
+            .all_addresses_filtered(Some(index))
+            .await?
+            .into_iter()
+            .filter(|a| a.index == index)
             .collect())
     }
 
@@ -641,10 +625,15 @@ impl Netlink {
 
     /// Addresses of every link (for finding which link carries an address).
     pub async fn all_addresses(&self) -> Result<Vec<AddrInfo>> {
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
+        self.all_addresses_filtered(None).await
+    }
+
+    async fn all_addresses_filtered(&self, index: Option<u32>) -> Result<Vec<AddrInfo>> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<AddressMessage> = req
             .execute()
             .try_collect()
             .await
