@@ -2,8 +2,7 @@
 
 use clap::Parser;
 use reef_agent::agent::{self, Options};
-use reef_etcd::{EtcdConfig, TlsFiles};
-use std::path::PathBuf;
+use reef_agent::cli::EtcdArgs;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,15 +13,8 @@ use std::time::Duration;
     version
 )]
 struct Cli {
-    /// etcd endpoints, comma separated.
-    #[arg(long, env = "REEF_ETCD", value_delimiter = ',', required = true)]
-    etcd: Vec<String>,
-    #[arg(long)]
-    etcd_ca: Option<PathBuf>,
-    #[arg(long)]
-    etcd_cert: Option<PathBuf>,
-    #[arg(long)]
-    etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// This node's name (the `nodeName` its CNI configs use).
     #[arg(long, env = "REEF_NODE")]
     node: String,
@@ -48,16 +40,12 @@ fn main() -> ExitCode {
         eprintln!("reef-agent: invalid --node \"{}\"", cli.node);
         return ExitCode::from(2);
     }
-    let tls = (cli.etcd_ca.is_some() || cli.etcd_cert.is_some()).then(|| TlsFiles {
-        ca: cli.etcd_ca,
-        cert: cli.etcd_cert,
-        key: cli.etcd_key,
-    });
+    if cli.etcd.etcd.is_empty() {
+        eprintln!("reef-agent: no etcd endpoint: use --etcd URL or set REEF_ETCD");
+        return ExitCode::from(2);
+    }
     let opts = Options {
-        etcd: EtcdConfig {
-            endpoints: cli.etcd,
-            tls,
-        },
+        etcd: cli.etcd.config(),
         node: cli.node,
         iface: cli.iface,
         lease_ttl: cli.lease_ttl,

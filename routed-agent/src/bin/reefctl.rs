@@ -2,12 +2,12 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
-use reef_etcd::{Etcd, EtcdConfig, TlsFiles};
+use reef_agent::cli::EtcdArgs;
+use reef_etcd::{Etcd, EtcdConfig};
 use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
 use reef_ipam::cluster::model::{ClusterConfig, Mode, Pool};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -17,17 +17,8 @@ use std::process::ExitCode;
     version
 )]
 struct Cli {
-    /// etcd endpoints, comma separated.
-    #[arg(long, env = "REEF_ETCD", value_delimiter = ',', global = true)]
-    etcd: Vec<String>,
-    /// CA certificate to verify etcd's server certificate.
-    #[arg(long, global = true)]
-    etcd_ca: Option<PathBuf>,
-    /// Client certificate (with --etcd-key) for etcd's client-cert-auth.
-    #[arg(long, global = true)]
-    etcd_cert: Option<PathBuf>,
-    #[arg(long, global = true)]
-    etcd_key: Option<PathBuf>,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
     #[command(subcommand)]
@@ -127,18 +118,10 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.etcd.is_empty() {
+    if cli.etcd.etcd.is_empty() {
         return fail("no etcd endpoint: use --etcd URL or set REEF_ETCD");
     }
-    let tls = (cli.etcd_ca.is_some() || cli.etcd_cert.is_some()).then(|| TlsFiles {
-        ca: cli.etcd_ca.clone(),
-        cert: cli.etcd_cert.clone(),
-        key: cli.etcd_key.clone(),
-    });
-    let cfg = EtcdConfig {
-        endpoints: cli.etcd.clone(),
-        tls,
-    };
+    let cfg = cli.etcd.config();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
