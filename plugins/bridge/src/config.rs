@@ -32,18 +32,7 @@ impl BridgeConf {
         validate_ifname(&c.bridge).map_err(|_| {
             CniError::invalid_config(format!("invalid bridge name \"{}\"", c.bridge))
         })?;
-        if let Some(m) = c.mtu {
-            if !(68..=65535).contains(&m) {
-                return Err(CniError::invalid_config(format!(
-                    "mtu {m} out of range (68-65535)"
-                )));
-            }
-        }
-        if conf.ipam.is_none() {
-            return Err(CniError::invalid_config(
-                "reef-bridge needs an ipam section",
-            ));
-        }
+        reef_attach::validate_common(conf, c.mtu, "reef-bridge")?;
         Ok(c)
     }
 

@@ -2,43 +2,21 @@
 
 use crate::config::BridgeConf;
 use ipnetwork::IpNetwork;
-use reef_cni::attachment::{host_veth_alias, host_veth_name, parse_host_veth_alias};
+use reef_attach::{
+    block_on, check_err, delete_pod_end, gc_stale_veths, ipam_add, nl_err, open_netns,
+    pod_interface_index, refuse_live_duplicate, status_via_ipam,
+};
+use reef_cni::attachment::{host_veth_alias, host_veth_name};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, Plugin, Route};
 use reef_firewall::{nftables::Nftables, Firewall, Masquerade};
 use reef_ipam::client::IpamClient;
 use reef_netlink::{sysctl, NetNs, Netlink, PendingNetlink, RouteSpec};
-use std::future::Future;
 use std::net::IpAddr;
 
 pub struct Bridge;
 
-fn nl_err(e: reef_netlink::Error) -> CniError {
-    CniError::new(codes::NETLINK, e.to_string())
-}
-
 fn fw_err(e: reef_firewall::Error) -> CniError {
     CniError::new(codes::FIREWALL, e.to_string())
-}
-
-fn check_err(msg: impl Into<String>) -> CniError {
-    CniError::new(codes::CHECK_FAILED, msg)
-}
-
-/// Plugins are short-lived: one single-threaded runtime per invocation.
-fn block_on<F: Future>(f: F) -> Result<F::Output, CniError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| CniError::io("failed to start runtime", &e))?;
-    Ok(rt.block_on(f))
-}
-
-fn open_netns(args: &CmdArgs) -> Result<NetNs, CniError> {
-    let path = args.netns.as_deref().unwrap_or_default();
-    NetNs::open(path).map_err(|e| {
-        CniError::new(codes::IO, format!("failed to open netns \"{path}\""))
-            .with_details(e.to_string())
-    })
 }
 
 fn subnet_of(a: &IpNetwork) -> IpNetwork {
@@ -255,29 +233,9 @@ impl Bridge {
         pod_socket: PendingNetlink,
     ) -> Result<CniResult, CniError> {
         let host = Netlink::current().map_err(nl_err)?;
-        // A second ADD of a live attachment must fail before IPAM: IPAM would hand back the
-        // same address and the rollback would then release the live pod's reservation.
+        refuse_live_duplicate(&host, args).await?;
         let host_name = host_veth_name(&args.container_id, &args.ifname);
-        if host
-            .link_by_name(&host_name)
-            .await
-            .map_err(nl_err)?
-            .is_some()
-        {
-            return Err(CniError::new(
-                codes::NETLINK,
-                format!(
-                    "attachment {}/{} already exists (host interface {host_name}); DEL it first",
-                    args.container_id, args.ifname
-                ),
-            ));
-        }
-        let ipam = IpamClient::for_args(args)?;
-        let ipam_result = ipam.add(&host_name)?;
-        if ipam_result.ips.is_empty() {
-            let _ = ipam.run(Command::Del);
-            return Err(CniError::new(codes::DELEGATE, "IPAM returned no addresses"));
-        }
+        let ipam_result = ipam_add(args, &host_name)?;
         let mut undo = Undo {
             ipam: true,
             ..Undo::default()
@@ -402,15 +360,7 @@ impl Plugin for Bridge {
                 return Ok(());
             }
             // The host end is gone; if the pod end survived (a foreign host name), remove it.
-            if let Some(ns) = pod_ns {
-                let pod = Netlink::open_in(&ns, || Ok(())).map_err(nl_err)?;
-                if let Some(l) = pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
-                    if l.kind.as_deref() == Some("veth") {
-                        pod.delete_link(&args.ifname).await.map_err(nl_err)?;
-                    }
-                }
-            }
-            Ok::<(), CniError>(())
+            delete_pod_end(args).await
         });
         if let Err(e) = res.and_then(|r| r) {
             errors.push(e);
@@ -426,16 +376,7 @@ impl Plugin for Bridge {
         })?;
         IpamClient::for_args(args)?.run(Command::Check)?;
         let pod_ns = open_netns(args)?;
-        let pod_if_index = prev
-            .interfaces
-            .iter()
-            .position(|i| i.name == args.ifname && i.sandbox.is_some())
-            .ok_or_else(|| {
-                check_err(format!(
-                    "prevResult has no interface {} in a sandbox",
-                    args.ifname
-                ))
-            })?;
+        let pod_if_index = pod_interface_index(prev, &args.ifname)?;
         let want_if = &prev.interfaces[pod_if_index];
         let host_name = host_veth_name(&args.container_id, &args.ifname);
         block_on(async {
@@ -522,8 +463,8 @@ impl Plugin for Bridge {
     /// records, masquerade entries of the released addresses, and host veths (found by alias).
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let conf = BridgeConf::from_netconf(&args.conf)?;
-        let valid: std::collections::HashSet<(String, String)> =
-            args.conf.valid_attachments()?.into_iter().collect();
+        // Refuse a malformed attachment list before touching anything.
+        args.conf.valid_attachments()?;
         let mut errors: Vec<CniError> = Vec::new();
         let released = IpamClient::for_args(args).and_then(|i| i.gc());
         let released = released.unwrap_or_else(|e| {
@@ -536,24 +477,8 @@ impl Plugin for Bridge {
                 errors.push(fw_err(e));
             }
         }
-        let stale = block_on(async {
-            let host = Netlink::current().map_err(nl_err)?;
-            let mut removed = Vec::new();
-            for l in host.links().await.map_err(nl_err)? {
-                let Some(alias) = l.alias.as_deref() else {
-                    continue;
-                };
-                let Some((cid, ifname)) = parse_host_veth_alias(alias, &args.conf.name) else {
-                    continue;
-                };
-                if !valid.contains(&(cid.to_string(), ifname.to_string())) {
-                    host.delete_link(&l.name).await.map_err(nl_err)?;
-                    removed.push(l.name);
-                }
-            }
-            Ok::<Vec<String>, CniError>(removed)
-        });
-        match stale.and_then(|r| r) {
+        let stale = gc_stale_veths(args);
+        match stale {
             Ok(removed) if !removed.is_empty() => {
                 eprintln!("reef-bridge: GC removed stale host veths {removed:?}");
             }
@@ -566,12 +491,6 @@ impl Plugin for Bridge {
     /// STATUS: anything that would make ADD fail is "not available" (50).
     fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
         BridgeConf::from_netconf(&args.conf)?;
-        IpamClient::for_args(args)?
-            .run(Command::Status)
-            .map_err(|e| match e.code {
-                codes::NOT_AVAILABLE | codes::LIMITED_CONNECTIVITY => e,
-                _ => CniError::new(codes::NOT_AVAILABLE, format!("IPAM unavailable: {}", e.msg))
-                    .with_details(e.details),
-            })
+        status_via_ipam(args)
     }
 }

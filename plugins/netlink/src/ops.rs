@@ -92,7 +92,7 @@ pub struct RouteSpec {
     pub table: Option<u32>,
     pub scope: Option<u8>,
     /// The route's origin (`rtm_protocol`): daemons tag their routes with their own number so
-    /// they can find and remove exactly those later. None = the kernel default ("boot").
+    /// they can find and remove exactly those later. None = rtnetlink's default ("static").
     pub protocol: Option<u8>,
     pub kind: RouteKind,
     /// The gateway is reachable on `oif` even without a covering connected route (VXLAN).

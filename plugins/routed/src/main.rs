@@ -1,0 +1,14 @@
+//! reef-routed: CNI main plugin, Calico style. No bridge: one veth pair per attachment, the
+//! host end (fixed MAC ee:ee:ee:ee:ee:ee, proxy ARP, no address) carries a /32 (/128) route
+//! to each pod address; the pod holds its addresses as host addresses and routes everything
+//! via the link-local gateway 169.254.1.1 (fe80::ecee:eeff:feee:eeee), which is the host veth.
+
+mod config;
+mod plugin;
+
+fn main() {
+    reef_cni::skel::run(
+        &plugin::Routed,
+        "reef-routed: Reef's routed plugin (veth pairs, /32 host routes, no bridge)",
+    )
+}
