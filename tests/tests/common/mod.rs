@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod routed;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
