@@ -2,11 +2,9 @@
 //! The kernel keeps the last programmed state through etcd outages and agent restarts: the
 //! agent only ever changes what differs, so established traffic never sees a gap.
 
-use crate::backend::{Backend, Routed};
-use crate::kernel::Report;
+use crate::backend::{AnyBackend, Backend, Underlay};
 use crate::view::{ClusterView, Touched};
 use crate::{info, nat, registry, warn};
-use ipnetwork::IpNetwork;
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_ipam::cluster::model::{AgentStatus, Mode, NodeRecord, Pool, PREFIX};
 use reef_netlink::{sysctl, Netlink};
@@ -40,8 +38,9 @@ fn now() -> u64 {
         .unwrap_or_default()
 }
 
-/// The underlay address (first global IPv4, else IPv6, with its prefix) and MTU of `iface`.
-async fn underlay(nl: &Netlink, iface: &str) -> Result<(IpNetwork, Option<u32>), AgentError> {
+/// The underlay address (first global IPv4, else IPv6, with its prefix), index and MTU of
+/// `iface`.
+async fn underlay(nl: &Netlink, iface: &str) -> Result<Underlay, AgentError> {
     let err = |detail: String| AgentError::Underlay {
         iface: iface.to_string(),
         detail,
@@ -61,31 +60,40 @@ async fn underlay(nl: &Netlink, iface: &str) -> Result<(IpNetwork, Option<u32>),
         .find(|a| a.address.is_ipv4())
         .or_else(|| addrs.iter().find(global))
         .ok_or_else(|| err("has no usable address".into()))?;
-    Ok((addr.address, link.mtu))
+    Ok(Underlay {
+        address: addr.address,
+        index: link.index,
+        mtu: link.mtu.unwrap_or(1500),
+    })
 }
 
 struct State {
     opts: Options,
     record: NodeRecord,
-    backend: Routed,
+    nl: Netlink,
+    underlay: Underlay,
+    backend: AnyBackend,
     nat_pools: Option<Vec<Pool>>,
     status: watch::Sender<AgentStatus>,
     alive: watch::Receiver<bool>,
     ready: bool,
     /// Something failed to program: retry soon rather than at the next resync.
     retry: bool,
+    /// The data plane has reported this node's VTEP (or that it has none) at least once.
+    vtep_known: bool,
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
     let nl = Netlink::current()?;
-    let (address, mtu) = underlay(&nl, &opts.iface).await?;
+    let underlay = underlay(&nl, &opts.iface).await?;
+    let address = underlay.address;
     sysctl::set("net/ipv4/ip_forward", "1")?;
     let _ = sysctl::set("net/ipv6/conf/all/forwarding", "1");
     let record = NodeRecord {
         name: opts.node.clone(),
         address: Some(address),
         interface: Some(opts.iface.clone()),
-        mtu,
+        mtu: Some(underlay.mtu),
         vtep_mac: None,
         vtep_ip: None,
     };
@@ -119,7 +127,9 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut st = State {
-        backend: Routed::new(&opts.node, nl),
+        backend: AnyBackend::for_mode(Mode::Routed, &opts.node, nl.clone(), underlay.clone()),
+        nl,
+        underlay,
         opts,
         record,
         nat_pools: None,
@@ -127,6 +137,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         alive: alive_rx,
         ready: false,
         retry: false,
+        vtep_known: false,
     };
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -160,7 +171,7 @@ async fn session(st: &mut State) -> Result<(), String> {
     let mut etcd = Etcd::connect_streaming(&st.opts.etcd)
         .await
         .map_err(|e| e.to_string())?;
-    if registry::register_node(&mut etcd, &st.record)
+    if registry::register_node(&mut etcd, &st.record, !st.vtep_known)
         .await
         .map_err(|e| e.to_string())?
     {
@@ -173,7 +184,7 @@ async fn session(st: &mut State) -> Result<(), String> {
             kv.value(),
         )
     }));
-    reconcile(st, &view, true).await?;
+    reconcile(st, &mut etcd, &view, true).await?;
     if !st.ready {
         // Ready means: routes reconciled and liveness visible to the cluster.
         let mut alive = st.alive.clone();
@@ -200,11 +211,11 @@ async fn session(st: &mut State) -> Result<(), String> {
                     }
                 }
                 if routing {
-                    reconcile(st, &view, false).await?;
+                    reconcile(st, &mut etcd, &view, false).await?;
                 }
             }
-            _ = resync.tick() => reconcile(st, &view, true).await?,
-            _ = retry.tick(), if st.retry => reconcile(st, &view, false).await?,
+            _ = resync.tick() => reconcile(st, &mut etcd, &view, true).await?,
+            _ = retry.tick(), if st.retry => reconcile(st, &mut etcd, &view, false).await?,
         }
     }
 }
@@ -215,45 +226,67 @@ impl State {
     }
 }
 
-/// Brings NAT and routes in line with `view` and publishes the outcome.
-async fn reconcile(st: &mut State, view: &ClusterView, full: bool) -> Result<(), String> {
+/// Brings NAT and the data plane in line with `view`, publishes the outcome, and records a
+/// changed VTEP in the node's record.
+async fn reconcile(
+    st: &mut State,
+    etcd: &mut Etcd,
+    view: &ClusterView,
+    full: bool,
+) -> Result<(), String> {
     let mut problems = std::collections::BTreeMap::new();
     let mode = view.config.as_ref().map(|c| c.mode);
-    let report = match mode {
-        Some(Mode::Routed) | None => {
-            let pools = view
-                .config
-                .as_ref()
-                .map(|c| c.pools.clone())
-                .unwrap_or_default();
-            if st.nat_pools.as_ref() != Some(&pools) {
-                match nat::apply(&pools) {
-                    Ok(()) => {
-                        info!("natOutgoing programmed", pools = pools.len());
-                        st.nat_pools = Some(pools);
-                    }
-                    Err(e) => {
-                        warn!("natOutgoing failed", error = e);
-                        problems.insert(st.opts.node.clone(), format!("natOutgoing: {e}"));
-                    }
-                }
-            }
-            st.backend
-                .sync(view, full)
-                .await
-                .map_err(|e| e.to_string())?
-        }
-        Some(other) => {
-            let why = format!(
-                "cluster mode {} is not supported by this reef-agent (routed only); routes left as they are",
-                other.as_str()
+    let mut full = full;
+    if let Some(m) = mode {
+        if m != st.backend.mode() {
+            info!(
+                "data-plane mode",
+                from = st.backend.mode().as_str(),
+                to = m.as_str()
             );
-            warn!("unsupported mode", mode = other.as_str());
-            let mut r = Report::default();
-            r.problems.insert(st.opts.node.clone(), why);
-            r
+            st.backend = AnyBackend::for_mode(m, &st.opts.node, st.nl.clone(), st.underlay.clone());
+            full = true;
         }
-    };
+    }
+    let pools = view
+        .config
+        .as_ref()
+        .map(|c| c.pools.clone())
+        .unwrap_or_default();
+    if st.nat_pools.as_ref() != Some(&pools) {
+        match nat::apply(&pools) {
+            Ok(()) => {
+                info!("natOutgoing programmed", pools = pools.len());
+                st.nat_pools = Some(pools);
+            }
+            Err(e) => {
+                warn!("natOutgoing failed", error = e);
+                problems.insert(st.opts.node.clone(), format!("natOutgoing: {e}"));
+            }
+        }
+    }
+    let report = st
+        .backend
+        .sync(view, full)
+        .await
+        .map_err(|e| e.to_string())?;
+    let vtep_mac = report.vtep.as_ref().map(|(m, _)| m.clone());
+    let vtep_ip = report.vtep.as_ref().map(|(_, ip)| *ip);
+    if !st.vtep_known || st.record.vtep_mac != vtep_mac || st.record.vtep_ip != vtep_ip {
+        st.vtep_known = true;
+        st.record.vtep_mac = vtep_mac;
+        st.record.vtep_ip = vtep_ip;
+        let changed = registry::register_node(etcd, &st.record, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        if changed {
+            let vtep = st.record.vtep_ip.map(|i| i.to_string());
+            info!(
+                "node record updated",
+                vtep = vtep.unwrap_or_else(|| "none".into())
+            );
+        }
+    }
     st.retry = report
         .problems
         .values()

@@ -20,6 +20,8 @@ pub struct Report {
     pub routes: usize,
     /// Nodes whose routes failed or cannot be computed, with why.
     pub problems: BTreeMap<String, String>,
+    /// This node's VTEP (MAC, address) when an overlay backend runs: published in its record.
+    pub vtep: Option<(String, std::net::IpAddr)>,
 }
 
 pub struct RouteProgrammer {

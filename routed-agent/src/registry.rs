@@ -7,8 +7,16 @@ use reef_ipam::cluster::model::{agent_key, node_key, AgentStatus, NodeRecord};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Writes or updates the node record, keeping fields other writers own (VTEP data).
-pub async fn register_node(etcd: &mut Etcd, wanted: &NodeRecord) -> reef_etcd::Result<bool> {
+/// Writes or updates the node record (the agent owns every field but the name IPAM may have
+/// created it with).
+///
+/// `keep_vtep`: leave the recorded VTEP as it is (at start, before the data plane has been
+/// looked at: clearing it would make every other node tear down its tunnel entries for us).
+pub async fn register_node(
+    etcd: &mut Etcd,
+    wanted: &NodeRecord,
+    keep_vtep: bool,
+) -> reef_etcd::Result<bool> {
     let key = node_key(&wanted.name);
     let current: Option<NodeRecord> = etcd
         .get(&key)
@@ -19,7 +27,7 @@ pub async fn register_node(etcd: &mut Etcd, wanted: &NodeRecord) -> reef_etcd::R
     rec.address = wanted.address;
     rec.interface = wanted.interface.clone();
     rec.mtu = wanted.mtu;
-    if wanted.vtep_mac.is_some() {
+    if !keep_vtep {
         rec.vtep_mac = wanted.vtep_mac.clone();
         rec.vtep_ip = wanted.vtep_ip;
     }

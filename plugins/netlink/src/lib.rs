@@ -13,8 +13,8 @@ pub mod sysctl;
 
 pub use netns::NetNs;
 pub use ops::{
-    parse_mac, AddrInfo, LinkInfo, NeighbourInfo, Netlink, PendingNetlink, RouteInfo, RouteKind,
-    RouteSpec,
+    format_mac, parse_mac, AddrInfo, LinkInfo, NeighbourInfo, Netlink, PendingNetlink, RouteInfo,
+    RouteKind, RouteSpec,
 };
 
 use std::io;

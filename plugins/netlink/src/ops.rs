@@ -35,6 +35,11 @@ pub struct LinkInfo {
 }
 
 impl LinkInfo {
+    /// The summary of a raw link message (for adapters that read more of it themselves).
+    pub fn from_message(m: &LinkMessage) -> LinkInfo {
+        Self::from_msg(m)
+    }
+
     fn from_msg(m: &LinkMessage) -> LinkInfo {
         let mut li = LinkInfo {
             index: m.header.index,

@@ -6,7 +6,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoutedConf {
-    /// MTU of both veth ends; None leaves the kernel default.
+    /// MTU of both veth ends; None follows the node's reef.vxlan device in a VXLAN mode
+    /// (underlay − 50), else the kernel default.
     #[serde(default)]
     pub mtu: Option<u32>,
 }

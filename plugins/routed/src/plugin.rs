@@ -187,11 +187,21 @@ impl Routed {
     ) -> Result<CniResult, CniError> {
         let host_name = host_veth_name(&args.container_id, &args.ifname);
         let alias = host_veth_alias(&args.conf.name, &args.container_id, &args.ifname);
+        // Without an explicit `mtu`, pods follow the cluster's mode: on a node whose agent runs
+        // a VXLAN mode, the overlay device's MTU (underlay − 50), so nothing fragments.
+        let mtu = match conf.mtu {
+            Some(m) => Some(m),
+            None => host
+                .link_by_name(reef_vxlan::DEVICE)
+                .await
+                .map_err(nl_err)?
+                .and_then(|l| l.mtu),
+        };
         host.create_veth_with_mac(
             &host_name,
             &args.ifname,
             pod_ns,
-            conf.mtu,
+            mtu,
             None,
             Some(&alias),
             Some(&HOST_VETH_MAC),
