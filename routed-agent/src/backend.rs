@@ -126,34 +126,6 @@ impl Vxlan {
             .min()
     }
 
-    fn same_subnet(&self, other: IpAddr) -> bool {
-        self.underlay.address.contains(other)
-    }
-
-    fn remote_vteps(&self, view: &ClusterView) -> BTreeMap<String, Result<RemoteVtep, String>> {
-        view.nodes
-            .iter()
-            .filter(|(n, _)| **n != self.me)
-            .map(|(n, rec)| {
-                let r = match (rec.address, &rec.vtep_mac, rec.vtep_ip) {
-                    (None, _, _) => {
-                        Err("node has no underlay address yet (its reef-agent never ran)".into())
-                    }
-                    (Some(a), Some(mac), Some(ip)) => Ok(RemoteVtep {
-                        mac: mac.clone(),
-                        ip,
-                        underlay: a.ip(),
-                    }),
-                    (Some(_), _, _) => Err(
-                        "node has no VTEP yet (no block yet, or its agent is not in a VXLAN mode)"
-                            .into(),
-                    ),
-                };
-                (n.clone(), r)
-            })
-            .collect()
-    }
-
     async fn ensure_device(&mut self, view: &ClusterView) -> reef_netlink::Result<u32> {
         let IpAddr::V4(local) = self.underlay.address.ip() else {
             return Err(reef_netlink::Error::Invalid(
@@ -232,36 +204,14 @@ impl Backend for Vxlan {
             self.vtep_ip = vtep_ip;
         }
         // Which remote nodes go through the tunnel.
-        let vteps = self.remote_vteps(view);
-        let mut problems = BTreeMap::new();
-        let mut tunnel: BTreeMap<String, RemoteVtep> = BTreeMap::new();
-        for (node, r) in &vteps {
-            match r {
-                Ok(v) if self.crosssubnet && self.same_subnet(v.underlay) => {}
-                Ok(v) => {
-                    tunnel.insert(node.clone(), v.clone());
-                }
-                Err(why) => {
-                    let direct = self.crosssubnet
-                        && view
-                            .nodes
-                            .get(node)
-                            .and_then(|n| n.address)
-                            .is_some_and(|a| self.same_subnet(a.ip()));
-                    if !direct {
-                        problems.insert(node.clone(), why.clone());
-                    }
-                }
-            }
-        }
+        let vteps = remote_vteps(view, &self.me);
+        let (tunnel, problems) = tunnel_plan(view, &vteps, self.underlay.address, self.crosssubnet);
         let want_fdb: BTreeMap<String, IpAddr> = tunnel
             .values()
-            .map(|v| (v.mac.to_ascii_lowercase(), v.underlay))
+            .map(|v| (v.mac.clone(), v.underlay))
             .collect();
-        let want_neigh: BTreeMap<IpAddr, String> = tunnel
-            .values()
-            .map(|v| (v.ip, v.mac.to_ascii_lowercase()))
-            .collect();
+        let want_neigh: BTreeMap<IpAddr, String> =
+            tunnel.values().map(|v| (v.ip, v.mac.clone())).collect();
         // FDB and neighbours first, so a new route never points at an unresolved VTEP.
         for (mac, dst) in &want_fdb {
             if self.fdb.get(mac) == Some(dst) {
@@ -347,6 +297,65 @@ impl Backend for Vxlan {
     }
 }
 
+/// Every remote node's VTEP, or why it has none.
+fn remote_vteps(view: &ClusterView, me: &str) -> BTreeMap<String, Result<RemoteVtep, String>> {
+    view.nodes
+        .iter()
+        .filter(|(n, _)| n.as_str() != me)
+        .map(|(n, rec)| {
+            let r = match (rec.address, &rec.vtep_mac, rec.vtep_ip) {
+                (None, _, _) => {
+                    Err("node has no underlay address yet (its reef-agent never ran)".into())
+                }
+                (Some(a), Some(mac), Some(ip)) => Ok(RemoteVtep {
+                    mac: mac.to_ascii_lowercase(),
+                    ip,
+                    underlay: a.ip(),
+                }),
+                (Some(_), _, _) => Err(
+                    "node has no VTEP yet (no block yet, or its agent is not in a VXLAN mode)"
+                        .into(),
+                ),
+            };
+            (n.clone(), r)
+        })
+        .collect()
+}
+
+/// The remote nodes reached through the tunnel (all of them in `vxlan`; in crosssubnet only
+/// those outside our underlay subnet), and the problems of nodes that need it but can't use it.
+fn tunnel_plan(
+    view: &ClusterView,
+    vteps: &BTreeMap<String, Result<RemoteVtep, String>>,
+    underlay: IpNetwork,
+    crosssubnet: bool,
+) -> (BTreeMap<String, RemoteVtep>, BTreeMap<String, String>) {
+    let direct = |node: &str| {
+        crosssubnet
+            && view
+                .nodes
+                .get(node)
+                .and_then(|n| n.address)
+                .is_some_and(|a| underlay.contains(a.ip()))
+    };
+    let mut tunnel = BTreeMap::new();
+    let mut problems = BTreeMap::new();
+    for (node, r) in vteps {
+        if direct(node) {
+            continue;
+        }
+        match r {
+            Ok(v) => {
+                tunnel.insert(node.clone(), v.clone());
+            }
+            Err(why) => {
+                problems.insert(node.clone(), why.clone());
+            }
+        }
+    }
+    (tunnel, problems)
+}
+
 /// The backend of the cluster's current mode.
 pub enum AnyBackend {
     Routed(Routed),
@@ -376,5 +385,53 @@ impl Backend for AnyBackend {
             AnyBackend::Routed(b) => b.sync(view, full).await,
             AnyBackend::Vxlan(b) => b.sync(view, full).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> ClusterView {
+        ClusterView::from_kvs([
+            (
+                "/reef/nodes/a",
+                &br#"{"name":"a","address":"198.18.1.1/24","vtepMac":"AA:00:00:00:00:01","vtepIp":"10.0.0.0"}"#[..],
+            ),
+            (
+                "/reef/nodes/b",
+                &br#"{"name":"b","address":"198.18.1.2/24","vtepMac":"aa:00:00:00:00:02","vtepIp":"10.0.0.64"}"#[..],
+            ),
+            (
+                "/reef/nodes/c",
+                &br#"{"name":"c","address":"198.18.2.1/24","vtepMac":"aa:00:00:00:00:03","vtepIp":"10.0.0.128"}"#[..],
+            ),
+            ("/reef/nodes/d", &br#"{"name":"d","address":"198.18.2.2/24"}"#[..]),
+        ])
+    }
+
+    #[test]
+    fn vxlan_tunnels_to_every_node_with_a_vtep() {
+        let v = view();
+        let vteps = remote_vteps(&v, "a");
+        let (t, p) = tunnel_plan(&v, &vteps, "198.18.1.1/24".parse().unwrap(), false);
+        assert_eq!(t.keys().collect::<Vec<_>>(), vec!["b", "c"]);
+        assert!(p["d"].contains("no VTEP"));
+        assert_eq!(t["b"].underlay.to_string(), "198.18.1.2");
+    }
+
+    #[test]
+    fn crosssubnet_tunnels_only_across_subnets() {
+        let v = view();
+        let vteps = remote_vteps(&v, "a");
+        let (t, p) = tunnel_plan(&v, &vteps, "198.18.1.1/24".parse().unwrap(), true);
+        assert_eq!(t.keys().collect::<Vec<_>>(), vec!["c"]);
+        assert!(p.contains_key("d"));
+        // From the other subnet, d is direct and b goes through the tunnel.
+        let vteps = remote_vteps(&v, "c");
+        let (t, p) = tunnel_plan(&v, &vteps, "198.18.2.1/24".parse().unwrap(), true);
+        assert_eq!(t.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(t["a"].mac, "aa:00:00:00:00:01");
     }
 }
