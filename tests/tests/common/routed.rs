@@ -1117,3 +1117,702 @@ impl Drop for RouteSampler {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Two underlay subnets and the VXLAN modes (`vxlan_cluster.rs`, `benches/vxlan.rs`).
+//
+// The expected overlay state of a host is derived from what the fixture knows (each host's
+// underlay address and subnet), from etcd's blocks (read with etcdctl) and from the other
+// hosts' kernels (the MAC of their `reef.vxlan`), never from the agents' node records: the
+// tests compare those records with the same facts separately.
+
+/// The VXLAN device the agent creates in the vxlan modes.
+pub const VXLAN_DEV: &str = "reef.vxlan";
+
+/// Where the hosts of a [`RoutedCluster::with`] sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// `n` hosts on 198.18.1.0/24 (what [`RoutedCluster::new`] builds).
+    OneSubnet(usize),
+    /// `n` hosts on 198.18.1.0/24 (`hosts[..n]`) and `n` on 198.18.2.0/24 (`hosts[n..]`),
+    /// joined by a router that knows the two subnets and nothing about pods. etcd sits on the
+    /// first subnet.
+    TwoSubnets(usize),
+}
+
+/// A host's VXLAN forwarding state, normalised:
+/// - `fdb`: `MAC dst IP STATE` (`bridge fdb show dev reef.vxlan`, entries with a remote);
+/// - `neigh`: `IP lladdr MAC STATE` (`ip neigh show dev reef.vxlan`, IPv4);
+/// - `routes`: protocol-201 routes, `CIDR via GW dev DEV[ onlink]` or `blackhole CIDR`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overlay {
+    pub fdb: BTreeSet<String>,
+    pub neigh: BTreeSet<String>,
+    pub routes: BTreeSet<String>,
+}
+
+/// A host's VXLAN tunnel endpoint as its kernel shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vtep {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+}
+
+/// Interface counters (`ip -s -j link show DEV`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+impl LinkStats {
+    /// `self - earlier`, field by field (saturating).
+    pub fn since(&self, earlier: &LinkStats) -> LinkStats {
+        LinkStats {
+            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            rx_packets: self.rx_packets.saturating_sub(earlier.rx_packets),
+            tx_bytes: self.tx_bytes.saturating_sub(earlier.tx_bytes),
+            tx_packets: self.tx_packets.saturating_sub(earlier.tx_packets),
+        }
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == LinkStats::default()
+    }
+}
+
+fn json_of(ns: &Netns, script: &str) -> Value {
+    let out = ns.sh_ok(script);
+    let t = out.trim();
+    if t.is_empty() {
+        return Value::Array(Vec::new());
+    }
+    serde_json::from_str(t).unwrap_or_else(|e| panic!("`{script}`: not JSON ({e}): {out}"))
+}
+
+fn cidr_base(cidr: &str) -> Ipv4Addr {
+    cidr.split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not an IPv4 CIDR: {cidr}"))
+}
+
+/// `ip -d -j link show DEV` inside `ns`: the link object, or `None` if there is no such device.
+pub fn link_details(ns: &Netns, dev: &str) -> Option<Value> {
+    let out = ns.sh(&format!("ip -d -j link show dev {dev}"));
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// The MTU of `dev` inside `ns` (panics if there is no such device).
+pub fn link_mtu(ns: &Netns, dev: &str) -> u64 {
+    link_details(ns, dev)
+        .and_then(|l| l["mtu"].as_u64())
+        .unwrap_or_else(|| panic!("no device {dev} (or no mtu) in {}", ns.name()))
+}
+
+/// Counters of `dev` inside `ns`.
+pub fn link_stats(ns: &Netns, dev: &str) -> LinkStats {
+    let v = json_of(ns, &format!("ip -s -j link show dev {dev}"));
+    let s = &v[0]["stats64"];
+    let n = |dir: &str, k: &str| {
+        s[dir][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no stats64.{dir}.{k} for {dev} in {}: {v}", ns.name()))
+    };
+    LinkStats {
+        rx_bytes: n("rx", "bytes"),
+        rx_packets: n("rx", "packets"),
+        tx_bytes: n("tx", "bytes"),
+        tx_packets: n("tx", "packets"),
+    }
+}
+
+/// IPv4 addresses (`IP/PREFIX`) on `dev` inside `ns`.
+pub fn link_addrs(ns: &Netns, dev: &str) -> BTreeSet<String> {
+    let v = json_of(ns, &format!("ip -4 -j addr show dev {dev}"));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| {
+            Some(format!(
+                "{}/{}",
+                a["local"].as_str()?,
+                a["prefixlen"].as_u64()?
+            ))
+        })
+        .collect()
+}
+
+/// `bridge fdb show dev DEV` inside `ns`: the entries with a remote, as `MAC dst IP STATE`.
+pub fn fdb_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
+    let v = json_of(ns, &format!("bridge -j fdb show dev {dev}"));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some(format!(
+                "{} dst {} {}",
+                e["mac"].as_str()?,
+                e["dst"].as_str()?,
+                e["state"].as_str().unwrap_or("")
+            ))
+        })
+        .collect()
+}
+
+/// `ip -4 neigh show dev DEV` inside `ns`, as `IP lladdr MAC STATE` (states joined by `,`).
+pub fn neigh_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
+    let v = json_of(ns, &format!("ip -4 -j neigh show dev {dev}"));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let state: Vec<&str> = e["state"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            format!(
+                "{} lladdr {} {}",
+                e["dst"].as_str().unwrap_or("?"),
+                e["lladdr"].as_str().unwrap_or("-"),
+                state.join(",")
+            )
+        })
+        .collect()
+}
+
+/// Protocol-201 IPv4 routes inside `ns` with their device and flags: `blackhole CIDR`,
+/// `CIDR via GW dev DEV`, `CIDR via GW dev DEV onlink`, `CIDR dev DEV` (anything else as JSON).
+pub fn proto_routes_dev(ns: &Netns) -> BTreeSet<String> {
+    let v = json_of(ns, &format!("ip -j -4 route show proto {PROTO}"));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let dst = r["dst"].as_str().unwrap_or_default();
+            let onlink = r["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "onlink"));
+            let dev = r["dev"].as_str();
+            match (r["type"].as_str(), r["gateway"].as_str(), dev) {
+                (Some("blackhole"), _, _) => format!("blackhole {dst}"),
+                (_, Some(gw), Some(dev)) => format!(
+                    "{dst} via {gw} dev {dev}{}",
+                    if onlink { " onlink" } else { "" }
+                ),
+                (_, None, Some(dev)) => format!("{dst} dev {dev}"),
+                _ => r.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The routed-mode route to `block` via a host on the same underlay.
+pub fn direct_route(block: &str, via: Ipv4Addr, iface: &str) -> String {
+    format!("{block} via {via} dev {iface}")
+}
+
+/// The overlay route to `block` via a remote VTEP.
+pub fn vxlan_route(block: &str, vtep: Ipv4Addr) -> String {
+    format!("{block} via {vtep} dev {VXLAN_DEV} onlink")
+}
+
+pub fn fdb_entry(mac: &str, underlay: Ipv4Addr) -> String {
+    format!("{mac} dst {underlay} permanent")
+}
+
+pub fn neigh_entry(vtep: Ipv4Addr, mac: &str) -> String {
+    format!("{vtep} lladdr {mac} PERMANENT")
+}
+
+impl RoutedCluster {
+    /// Like [`RoutedCluster::new`] on `topology`, initialised with `--mode MODE`.
+    pub fn with(topology: Topology, mode: &str) -> RoutedCluster {
+        RoutedCluster::with_init(topology, &["--mode", mode])
+    }
+
+    /// Builds `topology` with etcd and runs `reefctl init --pool POOL --block-size 26 INIT...`
+    /// (INIT carries `--mode` and e.g. `--vni`). No agent runs yet.
+    pub fn with_init(topology: Topology, init: &[&str]) -> RoutedCluster {
+        let (cluster, hosts) = match topology {
+            Topology::OneSubnet(n) => {
+                (Cluster::new(n, true).expect("build a cluster with etcd"), n)
+            }
+            Topology::TwoSubnets(n) => {
+                let mut c = Cluster::two_subnets(n).expect("build two routed subnets");
+                c.start_etcd(false).expect("start etcd");
+                (c, 2 * n)
+            }
+        };
+        let mut rc = RoutedCluster {
+            agents: Vec::new(),
+            pods: Vec::new(),
+            cluster,
+            dirs: Vec::new(),
+            next_pod: 0,
+        };
+        for _ in 0..hosts {
+            rc.add_dir();
+        }
+        let prefix = BLOCK_PREFIX.to_string();
+        let mut args = vec!["init", "--pool", POOL, "--block-size", &prefix];
+        args.extend_from_slice(init);
+        rc.reefctl_ok(0, &args);
+        rc
+    }
+
+    /// True if hosts `a` and `b` share an underlay subnet.
+    pub fn same_subnet(&self, a: usize, b: usize) -> bool {
+        self.host(a).subnet() == self.host(b).subnet()
+    }
+
+    /// `/reef/nodes/*` from etcd (read with etcdctl from host `from`): name → record.
+    pub fn node_records(&self, from: usize) -> BTreeMap<String, Value> {
+        let out = self.etcdctl(
+            from,
+            &["get", "--prefix", "/reef/nodes/", "--print-value-only"],
+        );
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("node record is not JSON ({e}): {l}"));
+                (v["name"].as_str().unwrap_or_default().to_owned(), v)
+            })
+            .collect()
+    }
+
+    /// `/reef/config` from etcd.
+    pub fn config(&self, from: usize) -> Value {
+        let out = self.etcdctl(from, &["get", "/reef/config", "--print-value-only"]);
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("/reef/config is not JSON ({e}): {out}"))
+    }
+
+    /// Host `i`'s fdb, neighbours (on reef.vxlan) and protocol-201 routes.
+    pub fn overlay(&self, i: usize) -> Overlay {
+        let ns = self.host(i).ns();
+        let has_dev = link_details(ns, VXLAN_DEV).is_some();
+        Overlay {
+            fdb: if has_dev {
+                fdb_entries(ns, VXLAN_DEV)
+            } else {
+                BTreeSet::new()
+            },
+            neigh: if has_dev {
+                neigh_entries(ns, VXLAN_DEV)
+            } else {
+                BTreeSet::new()
+            },
+            routes: proto_routes_dev(ns),
+        }
+    }
+
+    /// Host `i`'s VTEP as its kernel shows it: reef.vxlan's MAC and its /32 address (`None`
+    /// until the device exists and has exactly one).
+    pub fn vtep(&self, i: usize) -> Option<Vtep> {
+        let ns = self.host(i).ns();
+        let link = link_details(ns, VXLAN_DEV)?;
+        let mac = link["address"].as_str()?.to_owned();
+        let addrs = link_addrs(ns, VXLAN_DEV);
+        let mut it = addrs.iter();
+        let (Some(a), None) = (it.next(), it.next()) else {
+            return None;
+        };
+        let ip = a.strip_suffix("/32")?.parse().ok()?;
+        Some(Vtep { mac, ip })
+    }
+
+    /// The VTEP address the contract gives host `i`: the network address of its lowest block
+    /// (from etcd), if it owns one.
+    pub fn expected_vtep_ip(&self, from: usize, i: usize) -> Option<Ipv4Addr> {
+        self.blocks_of(from, &self.node(i))
+            .iter()
+            .map(|c| cidr_base(c))
+            .min_by_key(|a| u32::from(*a))
+    }
+
+    /// What host `i` should hold, over the node set `nodes` (the nodes that still exist),
+    /// for `mode` `vxlan` or `vxlan-crosssubnet`: for each other node with a VTEP (MAC from
+    /// its kernel, address = its lowest block's first address), the fdb entry and the
+    /// neighbour, and a route per block; in `vxlan-crosssubnet`, nodes on host `i`'s subnet
+    /// get `via <underlay> dev <iface>` instead (and no fdb/neigh entry is required).
+    /// Own blackholes are not part of it (see [`RoutedCluster::overlay_diff`]).
+    pub fn expected_overlay(&self, i: usize, nodes: &[usize], mode: &str) -> Overlay {
+        let blocks = self.blocks(i);
+        let mut want = Overlay::default();
+        for &n in nodes.iter().filter(|&&n| n != i) {
+            let name = self.node(n);
+            let theirs: Vec<&String> = blocks
+                .iter()
+                .filter(|(_, o)| **o == name)
+                .map(|(c, _)| c)
+                .collect();
+            if mode == "vxlan-crosssubnet" && self.same_subnet(i, n) {
+                for b in theirs {
+                    want.routes
+                        .insert(direct_route(b, self.host(n).addr(), self.host(i).iface()));
+                }
+                continue;
+            }
+            let Some(vip) = theirs
+                .iter()
+                .map(|c| cidr_base(c))
+                .min_by_key(|a| u32::from(*a))
+            else {
+                continue;
+            };
+            let Some(mac) = link_details(self.host(n).ns(), VXLAN_DEV)
+                .and_then(|l| l["address"].as_str().map(str::to_owned))
+            else {
+                continue;
+            };
+            want.fdb.insert(fdb_entry(&mac, self.host(n).addr()));
+            want.neigh.insert(neigh_entry(vip, &mac));
+            for b in theirs {
+                want.routes.insert(vxlan_route(b, vip));
+            }
+        }
+        want
+    }
+
+    /// Differences between host `i`'s overlay and [`RoutedCluster::expected_overlay`]; empty
+    /// if it matches. Blackholes are accepted for host `i`'s own blocks only; in
+    /// `vxlan-crosssubnet`, extra fdb/neigh entries are accepted if they are the correct
+    /// entries of a same-subnet node.
+    pub fn overlay_diff(&self, i: usize, nodes: &[usize], mode: &str) -> Vec<String> {
+        let want = self.expected_overlay(i, nodes, mode);
+        let have = self.overlay(i);
+        let own: BTreeSet<String> = self
+            .blocks_of(i, &self.node(i))
+            .into_iter()
+            .map(|b| format!("blackhole {b}"))
+            .collect();
+        // Correct entries for same-subnet nodes (tolerated in vxlan-crosssubnet).
+        let mut optional = Overlay::default();
+        if mode == "vxlan-crosssubnet" {
+            for &n in nodes.iter().filter(|&&n| n != i && self.same_subnet(i, n)) {
+                if let (Some(v), Some(vip)) = (
+                    link_details(self.host(n).ns(), VXLAN_DEV),
+                    self.expected_vtep_ip(i, n),
+                ) {
+                    let mac = v["address"].as_str().unwrap_or_default().to_owned();
+                    optional.fdb.insert(fdb_entry(&mac, self.host(n).addr()));
+                    optional.neigh.insert(neigh_entry(vip, &mac));
+                }
+            }
+        }
+        let mut diff = Vec::new();
+        let mut cmp =
+            |what: &str, w: &BTreeSet<String>, h: &BTreeSet<String>, ok: &BTreeSet<String>| {
+                let missing: Vec<&String> = w.difference(h).collect();
+                let extra: Vec<&String> = h.difference(w).filter(|e| !ok.contains(*e)).collect();
+                if !missing.is_empty() {
+                    diff.push(format!("{what} missing: {missing:?}"));
+                }
+                if !extra.is_empty() {
+                    diff.push(format!("{what} extra: {extra:?}"));
+                }
+            };
+        cmp("fdb", &want.fdb, &have.fdb, &optional.fdb);
+        cmp("neigh", &want.neigh, &have.neigh, &optional.neigh);
+        cmp("routes", &want.routes, &have.routes, &own);
+        diff
+    }
+
+    /// Waits until every host in `hosts` matches [`RoutedCluster::overlay_diff`] over `nodes`;
+    /// panics after `timeout` with the differences and the agents' logs.
+    pub fn wait_overlay(&self, hosts: &[usize], nodes: &[usize], mode: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for &h in hosts {
+            loop {
+                let diff = self.overlay_diff(h, nodes, mode);
+                if diff.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{}: overlay ({mode}) did not converge within {timeout:?}:\n  {}\n\
+                         have: {:#?}\nwant: {:#?}\n{}",
+                        self.node(h),
+                        diff.join("\n  "),
+                        self.overlay(h),
+                        self.expected_overlay(h, nodes, mode),
+                        self.agent_logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until `reef.vxlan` exists on each of `hosts`; panics after `timeout`.
+    pub fn wait_vxlan_dev(&self, hosts: &[usize], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for &h in hosts {
+            while link_details(self.host(h).ns(), VXLAN_DEV).is_none() {
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{}: no {VXLAN_DEV} device {timeout:?} after start\n{}",
+                        self.node(h),
+                        self.agent_logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A neighbour or fdb notification seen by a [`NeighMonitor`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighEvent {
+    pub at: Instant,
+    /// RTM_NEWNEIGH (true) or RTM_DELNEIGH (false).
+    pub new: bool,
+    /// AF_INET (neighbour), AF_BRIDGE (fdb entry), ...
+    pub family: u8,
+    pub ifindex: u32,
+    pub state: u16,
+    /// NDA_DST: the neighbour's address, or an fdb entry's remote.
+    pub dst: Option<std::net::IpAddr>,
+    /// NDA_LLADDR, `aa:bb:..`.
+    pub lladdr: Option<String>,
+}
+
+impl std::fmt::Display for NeighEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} if{} {}{} state {:#x}",
+            if self.new { "NEW" } else { "DEL" },
+            match self.family as i32 {
+                libc::AF_INET => "inet",
+                libc::AF_INET6 => "inet6",
+                libc::AF_BRIDGE => "fdb",
+                _ => "?",
+            },
+            self.ifindex,
+            self.dst.map(|d| format!("{d} ")).unwrap_or_default(),
+            self.lladdr.as_deref().unwrap_or("-"),
+            self.state
+        )
+    }
+}
+
+fn parse_neighs(buf: &[u8], at: Instant, out: &mut Vec<NeighEvent>) {
+    let mut off = 0usize;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+        let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or_default());
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        let msg = &buf[off + 16..off + len];
+        if (ty == libc::RTM_NEWNEIGH || ty == libc::RTM_DELNEIGH) && msg.len() >= 12 {
+            let family = msg[0];
+            let ifindex = u32::from_ne_bytes(msg[4..8].try_into().unwrap_or_default());
+            let state = u16::from_ne_bytes([msg[8], msg[9]]);
+            let (mut dst, mut lladdr) = (None, None);
+            let mut a = 12usize;
+            while a + 4 <= msg.len() {
+                let alen = u16::from_ne_bytes([msg[a], msg[a + 1]]) as usize;
+                let aty = u16::from_ne_bytes([msg[a + 2], msg[a + 3]]);
+                if alen < 4 || a + alen > msg.len() {
+                    break;
+                }
+                let data = &msg[a + 4..a + alen];
+                match (aty, data.len()) {
+                    (1, 4) => dst = Some(Ipv4Addr::new(data[0], data[1], data[2], data[3]).into()),
+                    (1, 16) => {
+                        let b: [u8; 16] = data.try_into().unwrap_or_default();
+                        dst = Some(std::net::Ipv6Addr::from(b).into());
+                    }
+                    (2, 6) => {
+                        lladdr = Some(
+                            data.iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect::<Vec<_>>()
+                                .join(":"),
+                        )
+                    }
+                    _ => {}
+                }
+                a += (alen + 3) & !3;
+            }
+            out.push(NeighEvent {
+                at,
+                new: ty == libc::RTM_NEWNEIGH,
+                family,
+                ifindex,
+                state,
+                dst,
+                lladdr,
+            });
+        }
+        off += (len + 3) & !3;
+    }
+}
+
+/// Listens to one namespace's neighbour notifications (RTMGRP_NEIGH: ARP/ND entries and the
+/// fdb entries of bridges and VXLAN devices) on its own thread and records every event.
+/// Stops on drop.
+pub struct NeighMonitor {
+    events: Arc<Mutex<Vec<NeighEvent>>>,
+    overflow: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn netlink_socket_groups(groups: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscalls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let size: libc::c_int = 8 << 20;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        sa.nl_groups = groups;
+        if libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+impl NeighMonitor {
+    /// Subscribed when this returns.
+    pub fn start(ns: &Netns) -> NeighMonitor {
+        let file = ns
+            .open()
+            .unwrap_or_else(|e| panic!("open netns {}: {e}", ns.name()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let overflow = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (ev, ov, st) = (
+            Arc::clone(&events),
+            Arc::clone(&overflow),
+            Arc::clone(&stop),
+        );
+        let thread = std::thread::spawn(move || {
+            let fd = match setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(io::Error::from)
+                .and_then(|_| netlink_socket_groups(libc::RTMGRP_NEIGH as u32))
+            {
+                Ok(fd) => {
+                    let _ = tx.send(Ok(()));
+                    fd
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = vec![0u8; 1 << 16];
+            let mut batch = Vec::new();
+            while !st.load(Ordering::Relaxed) {
+                // SAFETY: reads into a buffer we own, on a descriptor we own.
+                let r = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        0,
+                    )
+                };
+                let at = Instant::now();
+                if r < 0 {
+                    if io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) {
+                        ov.store(true, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                batch.clear();
+                parse_neighs(&buf[..r as usize], at, &mut batch);
+                if !batch.is_empty() {
+                    ev.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(batch.drain(..));
+                }
+            }
+        });
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("neighbour monitor in {}: {e}", ns.name()),
+            Err(_) => panic!("neighbour monitor thread in {} died", ns.name()),
+        }
+        NeighMonitor {
+            events,
+            overflow,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn events(&self) -> Vec<NeighEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.overflow.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for NeighMonitor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The ifindex of `dev` inside `ns`.
+pub fn ifindex(ns: &Netns, dev: &str) -> u32 {
+    link_details(ns, dev)
+        .and_then(|l| l["ifindex"].as_u64())
+        .unwrap_or_else(|| panic!("no device {dev} in {}", ns.name())) as u32
+}
