@@ -26,24 +26,19 @@
 //! (default 20), `REEF_BENCH_TPUT_ROUNDS` (default 7), `REEF_BENCH_TPUT_SECS` (default 3);
 //! 0 rounds skips that part.
 
+#[path = "common/iperf.rs"]
+mod iperf;
 #[path = "../tests/common/routed.rs"]
 mod routed;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use reef_tests::{cnitool_bin, ChildGuard, Netns};
+use iperf::*;
+use reef_tests::{cnitool_bin, Netns};
 use routed::*;
 use serde_json::{json, Value};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -102,12 +97,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    percentile(&s, 50.0)
 }
 
 fn convergence(hosts: usize, rounds: usize) {
@@ -216,71 +205,6 @@ fn convergence(hosts: usize, rounds: usize) {
 }
 
 /// Starts `iperf3 -s -B ip` inside `ns` and waits until it listens.
-fn iperf_server(ns: &Netns, ip: Ipv4Addr) -> ChildGuard {
-    let guard = ns
-        .spawn("iperf3", ["-s", "-B", &ip.to_string(), "-p", "5201"])
-        .expect("spawn iperf3 -s");
-    let ok = reef_tests::wait_until(Duration::from_secs(10), || {
-        let out = ns.sh("ss -Hltn 'sport = :5201'");
-        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-    });
-    assert!(ok, "iperf3 server on {ip} in {} not listening", ns.name());
-    guard
-}
-
-/// `iperf3 -c DST -t SECS -J` inside `ns`: received Gbit/s.
-fn iperf(ns: &Netns, dst: Ipv4Addr, secs: usize) -> f64 {
-    let out = ns
-        .cmd("iperf3")
-        .args([
-            "-c",
-            &dst.to_string(),
-            "-p",
-            "5201",
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run iperf3 -c");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| {
-            panic!(
-                "iperf3 -c {dst} in {} failed ({}): {}\n{}",
-                ns.name(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    bps / 1e9
-}
-
-/// A pod wired by hand exactly like reef-routed wires one (veth, fixed host MAC with proxy ARP,
-/// /32 address, default via 169.254.1.1 pinned by a permanent neighbour, /32 host route), the
-/// reference the issue's 0.86–0.98 figure was measured on. Its veth dies with the namespace.
-fn hand_pod(host: &netns_fixtures::SimHost, ip: Ipv4Addr, tag: &str) -> Netns {
-    let pod = Netns::new("reefhand").expect("hand pod netns");
-    let hv = format!("hand{tag}");
-    host.ns().sh_ok(&format!(
-        "ip link add {hv} type veth peer name eth0 netns {pod} && \
-         ip link set {hv} address ee:ee:ee:ee:ee:ee up && \
-         sysctl -qw net.ipv4.conf.{hv}.proxy_arp=1 && \
-         ip route add {ip}/32 dev {hv}",
-        pod = pod.name()
-    ));
-    pod.sh_ok(&format!(
-        "ip link set lo up && ip addr add {ip}/32 dev eth0 && ip link set eth0 up && \
-         ip route add 169.254.1.1 dev eth0 scope link && \
-         ip route add default via 169.254.1.1 dev eth0 && \
-         ip neigh add 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent"
-    ));
-    pod
-}
-
 fn throughput(rounds: usize, secs: usize) {
     let mut rc = RoutedCluster::new(2);
     rc.start_agents(&[0, 1], &[]);
@@ -292,8 +216,8 @@ fn throughput(rounds: usize, secs: usize) {
     // The same path by hand, outside the pool (so natOutgoing leaves it alone as it leaves
     // pod-to-pod traffic alone), with hand-made routes between the hosts.
     let (hip_a, hip_b) = (Ipv4Addr::new(10, 67, 0, 2), Ipv4Addr::new(10, 67, 1, 2));
-    let hand_a = hand_pod(ha, hip_a, "a");
-    let hand_b = hand_pod(hb, hip_b, "b");
+    let hand_a = hand_pod(ha, hip_a, "a", 1500);
+    let hand_b = hand_pod(hb, hip_b, "b", 1500);
     ha.ns()
         .sh_ok(&format!("ip route add 10.67.1.0/24 via {}", hb.addr()));
     hb.ns()
