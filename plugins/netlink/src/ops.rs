@@ -397,17 +397,11 @@ impl Netlink {
     pub async fn delete_link(&self, name: &str) -> Result<bool> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.handle.link().del_with_message(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = Error::nl(format!("delete link {name}"), e);
-                if e.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        applied(
+            self.handle.link().del_with_message(msg).execute().await,
+            format!("delete link {name}"),
+            Error::is_not_found,
+        )
     }
 
     /// Deletes a link and returns once it has left the namespace, leaving the kernel's
@@ -453,17 +447,11 @@ impl Netlink {
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        match req.execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = Error::nl(format!("add address {addr} to link {index}"), e);
-                if e.is_exists() {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        applied(
+            req.execute().await,
+            format!("add address {addr} to link {index}"),
+            Error::is_exists,
+        )
     }
 
     pub async fn addresses(&self, index: u32) -> Result<Vec<AddrInfo>> {
@@ -488,17 +476,11 @@ impl Netlink {
     /// Deletes a route; Ok(false) when it did not exist.
     pub async fn delete_route(&self, r: &RouteSpec) -> Result<bool> {
         let msg = route_message(r)?;
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = Error::nl(format!("delete route {}", r.dst), e);
-                if e.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        applied(
+            self.handle.route().del(msg).execute().await,
+            format!("delete route {}", r.dst),
+            Error::is_not_found,
+        )
     }
 
     async fn send_route(&self, r: &RouteSpec, replace: bool) -> Result<()> {
@@ -565,17 +547,11 @@ impl Netlink {
                 IpAddr::V4(a) => NeighbourAddress::Inet(a),
                 IpAddr::V6(a) => NeighbourAddress::Inet6(a),
             }));
-        match self.handle.neighbours().del(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = Error::nl(format!("delete neighbour {ip} on link {index}"), e);
-                if e.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        applied(
+            self.handle.neighbours().del(msg).execute().await,
+            format!("delete neighbour {ip} on link {index}"),
+            Error::is_not_found,
+        )
     }
 
     /// Neighbour entries of link `index` (both families).
@@ -663,6 +639,26 @@ impl Netlink {
     /// The raw rtnetlink handle, for adapters built on this one (VXLAN, FDB).
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+}
+
+/// Ok(true) when the request was applied, Ok(false) when the kernel said it was already so
+/// (`benign`: the object was absent for a delete, present for an add).
+fn applied(
+    res: std::result::Result<(), rtnetlink::Error>,
+    context: String,
+    benign: fn(&Error) -> bool,
+) -> Result<bool> {
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let e = Error::nl(context, e);
+            if benign(&e) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
     }
 }
 
