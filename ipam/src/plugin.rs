@@ -2,10 +2,10 @@
 //! cluster store on etcd (`etcd` + `nodeName`). Used by the `reef-ipam` binary and,
 //! in-process, by Reef's main plugins (which saves a process start per ADD/DEL).
 
-use crate::cluster::model::WorkloadRecord;
 use crate::cluster::{ClusterError, ClusterIpamConfig, ClusterStore};
 use crate::{Handle, IpamConfig, IpamError, LocalStore};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Dns, IpConfig, Plugin, Route};
+use reef_schema::WorkloadRecord;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::IpAddr;

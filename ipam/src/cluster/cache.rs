@@ -4,7 +4,7 @@
 //! An exclusive flock serialises the node's own plugin processes (fewer conflicts); a torn or
 //! unreadable cache is simply refetched.
 
-use super::model::{Block, ClusterConfig, HandleIp};
+use reef_schema::{Block, ClusterConfig, HandleIp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -14,12 +14,11 @@
 //! Correctness never depends on the cache or on the local lock: etcd's compares decide.
 
 pub mod cache;
-pub mod model;
 
 use self::cache::{CacheFile, CachedBlock, CachedHandle, NodeCache};
-use self::model::*;
 use ipnetwork::IpNetwork;
 use reef_etcd::{Compare, CompareOp, Etcd, EtcdConfig, GetOptions, Txn, TxnOp, TxnOpResponse};
+use reef_schema::*;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;

@@ -2,6 +2,9 @@
 //! the handful of KV operations Reef uses, with errors that say which endpoints failed and
 //! whether trying again later can help. Domain logic (IPAM blocks, nodes) lives above this.
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 pub use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,

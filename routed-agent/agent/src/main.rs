@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use reef_agent::agent::{self, Options};
-use reef_agent::cli::EtcdArgs;
+use reef_etcd::cli::EtcdArgs;
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The agent's in-memory copy of the cluster state it routes from: config, nodes, blocks,
 //! borrowed addresses and live agents, built from one list and kept current by watch events.
 
-use reef_ipam::cluster::model::{
+use reef_schema::{
     AgentStatus, Block, BorrowedRecord, ClusterConfig, NodeRecord, AGENTS, BLOCKS, BORROWED,
     CONFIG_KEY, NODES,
 };

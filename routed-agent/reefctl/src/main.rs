@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
-use reef_agent::cli::EtcdArgs;
+use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
-use reef_ipam::cluster::model::{ClusterConfig, Mode, Pool};
+use reef_schema::{ClusterConfig, Mode, Pool};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -404,7 +404,7 @@ fn ipam_show(snap: &Snapshot) -> (String, Value) {
     } else {
         text.push_str("cluster not initialised (run reefctl init)\n");
     }
-    let mut by_node: BTreeMap<&str, Vec<&reef_ipam::cluster::model::Block>> = BTreeMap::new();
+    let mut by_node: BTreeMap<&str, Vec<&reef_schema::Block>> = BTreeMap::new();
     for n in &snap.nodes {
         by_node.entry(n.as_str()).or_default();
     }

@@ -2,7 +2,7 @@
 //! between pods (any pool) never is. One nftables table, replaced atomically whenever the
 //! pools change (once per config change, not per pod).
 
-use reef_ipam::cluster::model::Pool;
+use reef_schema::Pool;
 
 pub const TABLE: &str = "reef-nat";
 

@@ -5,7 +5,6 @@ pub mod log;
 
 pub mod agent;
 pub mod backend;
-pub mod cli;
 pub mod desired;
 pub mod kernel;
 pub mod nat;

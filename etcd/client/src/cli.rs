@@ -1,6 +1,6 @@
-//! Command-line pieces shared by reef-agent and reefctl.
+//! The `--etcd*` flags shared by reef-agent and reefctl (feature `cli`).
 
-use reef_etcd::{EtcdConfig, TlsFiles};
+use crate::{EtcdConfig, TlsFiles};
 use std::path::PathBuf;
 
 /// How to reach etcd.

@@ -3,7 +3,7 @@
 //! on its own when the agent dies, and at once when it stops cleanly).
 
 use reef_etcd::{Etcd, EtcdConfig};
-use reef_ipam::cluster::model::{agent_key, node_key, AgentStatus, NodeRecord};
+use reef_schema::{agent_key, node_key, AgentStatus, NodeRecord};
 use std::time::Duration;
 use tokio::sync::watch;
 
