@@ -26,18 +26,15 @@
 //! (default 20), `REEF_BENCH_TPUT_ROUNDS` (default 7), `REEF_BENCH_TPUT_SECS` (default 3);
 //! 0 rounds skips that part.
 
-#[path = "common/iperf.rs"]
-mod iperf;
-#[path = "../tests/common/routed.rs"]
-mod routed;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use iperf::*;
+use reef_tests::bench::*;
+use reef_tests::monitor::*;
+use reef_tests::routed::*;
+use reef_tests::traffic::*;
 use reef_tests::{cnitool_bin, Netns};
-use routed::*;
 use serde_json::{json, Value};
 
 fn base64(data: &[u8]) -> String {

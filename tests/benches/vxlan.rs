@@ -25,18 +25,17 @@
 //! `cargo build --release && cargo bench -p reef-tests --bench vxlan`
 //! Environment: `REEF_BENCH_TPUT_ROUNDS` (default 7), `REEF_BENCH_TPUT_SECS` (default 3).
 
-#[path = "common/iperf.rs"]
-mod iperf;
-#[path = "../tests/common/routed.rs"]
-mod routed;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use iperf::*;
 use netns_fixtures::SimHost;
+use reef_tests::bench::*;
 use reef_tests::cnitool_bin;
-use routed::*;
+use reef_tests::inspect::{link_details, link_mtu};
+use reef_tests::monitor::*;
+use reef_tests::overlay::*;
+use reef_tests::routed::*;
+use reef_tests::traffic::*;
 
 const CONVERGE: Duration = Duration::from_secs(10);
 /// flannel's vxlan backend by hand on `host`: device `dev` (VNI 42, UDP 8472, nolearning, MTU

@@ -3,6 +3,18 @@
 //! ([`Cnitool`]), always *inside* a simulated host that is itself a network namespace
 //! ([`Netns`], from `netns-fixtures`).
 //!
+//!
+//! The helpers of the tests and benches, one concern a module:
+//! - [`netconf`]: `reef-bridge` network configs and calls; [`expect`]: a plugin's outcome and
+//!   the fields of its result; [`inspect`]: a namespace's links, addresses and nftables sets;
+//!   [`store`]: IPAM state on disk and in etcd, read without the plugins;
+//! - [`cluster`]: the cluster IPAM fixture (hosts, etcd, `reef-ipam` runs); [`routed`]: the
+//!   routed-mode fixture (hosts, etcd, agents, pods); [`agent`]: `reef-agent` processes and
+//!   `reefctl`; [`overlay`]: the VXLAN modes' forwarding state;
+//! - [`traffic`]: pings, checked TCP streams, iperf3; [`monitor`]: route and neighbour
+//!   notifications, route samples, interface counters;
+//! - [`run`]: the reef-run harness; [`bench`]: what only the benches share.
+//!
 //! ```no_run
 //! use reef_tests::*;
 //! use serde_json::json;
@@ -14,14 +26,25 @@
 //! assert_success(&out, "cnitool add");
 //! ```
 
+pub mod agent;
 pub mod bench;
+pub mod cluster;
 mod cni;
 mod cnitool;
 mod conflist;
 mod exec;
+pub mod expect;
 mod host;
+pub mod inspect;
+pub mod monitor;
+pub mod netconf;
+pub mod overlay;
+pub mod routed;
+pub mod run;
 #[cfg(test)]
 mod selftest;
+pub mod store;
+pub mod traffic;
 
 use std::path::{Path, PathBuf};
 

@@ -2,9 +2,11 @@
 //! (ADD, connectivity, masquerade set, CHECK, CHECK failing on drift, DEL twice, DEL after
 //! the pod namespace is gone) for each spec version, IPv4 and dual-stack.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

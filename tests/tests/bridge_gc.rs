@@ -2,9 +2,11 @@
 //! runtime no longer lists — IPAM records, masquerade entries, host veths — and nothing of
 //! the listed ones, nor of another network sharing the bridge.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::json;
 

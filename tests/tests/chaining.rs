@@ -2,9 +2,10 @@
 //! /usr/lib/cni) through libcni: reef-ipam under the reference bridge, the reference
 //! host-local under reef-bridge, and a reference plugin chained after reef-bridge.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

@@ -5,12 +5,10 @@
 //! namespaces) and writes `/reef/config` itself with etcdctl; the etcd state is checked
 //! independently of the product through `etcdctl get --prefix /reef/`.
 
-#[path = "common/cluster.rs"]
-mod cluster;
-mod common;
-
-use cluster::*;
-use common::{bridge_call, expect_error, expect_failure, reachable};
+use reef_tests::cluster::*;
+use reef_tests::expect::{expect_error, expect_failure, result_ips, result_v4};
+use reef_tests::netconf::bridge_call;
+use reef_tests::traffic::reachable;
 use reef_tests::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -426,12 +424,12 @@ fn reef_bridge_with_cluster_ipam_on_two_hosts() {
             "gateway is the block's 2nd address: {r}"
         );
         let pod = &pods[*h][cid.rsplit('-').next().unwrap().parse::<usize>().unwrap()];
-        let live = common::addresses(pod, IFNAME);
+        let live = reef_tests::inspect::addresses(pod, IFNAME);
         assert!(
             live.contains(&addr.to_string()),
             "{addr} on the pod (has {live:?})"
         );
-        let on_bridge = common::addresses(env.host(*h).ns(), BRIDGE);
+        let on_bridge = reef_tests::inspect::addresses(env.host(*h).ns(), BRIDGE);
         assert!(
             on_bridge.contains(&format!("{}/{}", block.at(1), block.prefix)),
             "gateway {} on {BRIDGE} of {node} (has {on_bridge:?})",

@@ -4,12 +4,9 @@
 //! with `reefctl init`, and checks both what `reefctl` reports and, independently, what etcd
 //! holds (`etcdctl get --prefix /reef/`).
 
-#[path = "common/cluster.rs"]
-mod cluster;
-mod common;
-
-use cluster::*;
-use common::expect_error;
+use reef_tests::cluster::*;
+use reef_tests::expect::{expect_error, result_ips, result_v4};
+use reef_tests::store::*;
 use reef_tests::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,9 +1,11 @@
 //! reef-bridge + reef-ipam driven through libcni (cnitool), as containerd and CRI-O do:
 //! libcni parses every result, caches it, and sends it back as prevResult to CHECK and DEL.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

@@ -1,12 +1,14 @@
 //! Many plugin processes at once on one host: the bridge, the gateway address, the masquerade
 //! table and the IPAM store are all shared, and every race must end in a consistent state.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Barrier;
 
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

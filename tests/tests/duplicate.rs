@@ -1,9 +1,11 @@
 //! A second ADD of a live attachment must fail without touching the live pod: same address
 //! kept in IPAM, same veth, still masqueraded, still reachable.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::json;
 

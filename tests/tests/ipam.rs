@@ -1,11 +1,12 @@
 //! reef-ipam behaviour seen through reef-bridge (and alone): range exhaustion with ADD
 //! rollback, CNI 1.1 GC with valid attachments, and STATUS.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

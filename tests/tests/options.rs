@@ -1,9 +1,11 @@
 //! reef-bridge's per-network options: mtu, hairpinMode, isGateway / isDefaultGateway and
 //! ipMasq, checked against the live links, routes and nftables of the host and pod.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

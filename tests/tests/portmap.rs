@@ -11,9 +11,9 @@
 //! says which pod served it and from which source address it saw the client: traffic from
 //! other hosts must keep its source, hairpin and localhost traffic is masqueraded.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;

@@ -1,11 +1,12 @@
 //! The CNI exec protocol as reef-bridge and reef-ipam speak it: VERSION, error codes and the
 //! error object, verb/version gating, and that a failed ADD leaves nothing behind.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

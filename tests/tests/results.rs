@@ -1,9 +1,10 @@
 //! The shape of reef-bridge's ADD result in each spec version, and that CHECK and DEL accept
 //! a prevResult written in any of them.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

@@ -5,9 +5,11 @@
 //! and pod namespaces (dropped even on failure); the plugin only ever runs inside the host
 //! namespace.
 
-mod common;
-
-use common::*;
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::store::*;
+use reef_tests::traffic::*;
 use reef_tests::*;
 use serde_json::{json, Value};
 

@@ -7,13 +7,14 @@
 //! (read with etcdctl) and the underlay addresses the fixture gave the hosts, never from the
 //! agent or reefctl.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use common::routed::*;
+use reef_tests::agent::*;
+use reef_tests::monitor::*;
+use reef_tests::routed::*;
+use reef_tests::traffic::*;
 use reef_tests::wait_until;
 use serde_json::Value;
 

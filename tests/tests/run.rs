@@ -4,11 +4,9 @@
 //! rootfs, and that every way a container can end (its command killed, reef-run signalled,
 //! reef-run killed then `rm`) leaves nothing behind.
 
-mod run_support;
-
 use nix::sys::signal::Signal;
+use reef_tests::run::*;
 use reef_tests::*;
-use run_support::*;
 
 #[test]
 fn exit_status_is_the_commands() {

@@ -5,13 +5,12 @@
 //! invocation's stdin and CNI environment, so the tests can check what each plugin of the
 //! chain was sent: names, versions, `prevResult`, `runtimeConfig`, CNI_ARGS, order.
 
-mod run_support;
-
 use std::path::Path;
 
 use nix::sys::signal::Signal;
+use reef_tests::run::*;
+use reef_tests::store::list_dir;
 use reef_tests::wait_until;
-use run_support::*;
 use serde_json::{json, Value};
 
 /// The test plugin: records each call as `<seq>-<type>-<COMMAND>.json` in `recordDir`, returns

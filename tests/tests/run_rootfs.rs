@@ -2,11 +2,9 @@
 //! plus one symlink per applet) becomes the container's `/`, with its own hostname, only its
 //! own processes, and /etc/hosts and /etc/resolv.conf written from the CNI result.
 
-mod run_support;
-
 use std::path::{Path, PathBuf};
 
-use run_support::*;
+use reef_tests::run::*;
 
 /// Debian's busybox-static installs a statically linked busybox here.
 const BUSYBOX: &str = "/usr/bin/busybox";

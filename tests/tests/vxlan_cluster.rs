@@ -14,14 +14,17 @@
 //! etcd's blocks (etcdctl) and the other hosts' kernels (their `reef.vxlan` MAC), never from
 //! the agents or reefctl. Each test has its own cluster, so they run in parallel threads.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::routed::*;
+use reef_tests::agent::*;
+use reef_tests::inspect::*;
+use reef_tests::monitor::*;
+use reef_tests::overlay::*;
+use reef_tests::routed::*;
+use reef_tests::traffic::*;
 use reef_tests::wait_until;
 use serde_json::Value;
 

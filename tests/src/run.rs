@@ -1,8 +1,6 @@
 //! Harness for the reef-run tests: every reef-run runs inside a throwaway host network
-//! namespace, with its state, CNI cache and IPAM store in a temporary directory, so nothing
-//! touches the root namespace, /run/reef or /var/lib.
-
-#![allow(dead_code)] // Each run*.rs test file uses a different subset.
+//! namespace ([`RunHost`]), with its state, CNI cache and IPAM store in a temporary
+//! directory, so nothing touches the root namespace, /run/reef or /var/lib.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,8 +10,15 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use reef_tests::*;
 use serde_json::Value;
+
+use crate::exec::exit_code;
+use crate::inspect::{links_of_kind, nft_set};
+use crate::store::{ip_files, list_dir};
+use crate::{
+    assert_success, cni_path, output_with_timeout, plugin, tempdir, wait_until, ChildGuard, Netns,
+    TempDir, DEFAULT_TIMEOUT,
+};
 
 /// Generous bound for anything a test waits for (readiness, never a performance claim).
 pub const READY: Duration = Duration::from_secs(60);
@@ -135,20 +140,13 @@ impl RunHost {
 
     /// Addresses reserved in the default network's IPAM store.
     pub fn ipam_ips(&self) -> Vec<String> {
-        list_dir(&self.ipam_dir().join(NET))
-            .into_iter()
-            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-            .collect()
+        ip_files(&self.ipam_dir(), NET)
     }
 
     /// reef-bridge's veths (`reef` + 11 hex digits) in the host namespace.
     pub fn host_veths(&self) -> Vec<String> {
-        let out = self.host.sh_ok("ip -j -d link show type veth");
-        let v: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
-            .unwrap_or_else(|e| panic!("ip -j link: {e}: {out}"));
-        v.as_array()
-            .into_iter()
-            .flatten()
+        links_of_kind(&self.host, "veth")
+            .iter()
             .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
             .filter(|n| n.starts_with("reef"))
             .collect()
@@ -156,29 +154,7 @@ impl RunHost {
 
     /// Elements of the default network's masquerade set (empty if the table is absent).
     pub fn masq_elements(&self) -> Vec<String> {
-        let out = self
-            .host
-            .run(
-                "nft",
-                ["-j", "list", "set", "inet", "reef-masq-reef", "pods4"],
-            )
-            .expect("run nft");
-        if !out.status.success() {
-            return Vec::new();
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).expect("nft -j prints JSON");
-        v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.get("set"))
-            .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
-            .map(|e| {
-                e.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| e.to_string())
-            })
-            .collect()
+        nft_set(&self.host, "reef-masq-reef", "pods4").unwrap_or_default()
     }
 
     /// Pod addresses (10.88.x.y, not the /16 itself) anywhere in the host's nftables ruleset:
@@ -284,17 +260,6 @@ pub fn pins_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-pub fn list_dir(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 /// Lines of a background reef-run's stdout, delivered through a channel (so a test waits for
 /// a line with a bound instead of blocking forever).
 pub fn lines(stdout: Option<ChildStdout>) -> mpsc::Receiver<String> {
@@ -332,11 +297,7 @@ pub fn wait_exit(child: &mut ChildGuard) -> i32 {
         status.is_some()
     });
     assert!(done, "reef-run (PID {}) did not exit", child.pid());
-    use std::os::unix::process::ExitStatusExt;
-    let s = status.unwrap_or_default();
-    s.code()
-        .or_else(|| s.signal().map(|g| 128 + g))
-        .unwrap_or(-1)
+    exit_code(status.unwrap_or_default())
 }
 
 /// Sends `sig` to a process the test started (or one reef-run reported), by PID.
@@ -365,11 +326,7 @@ pub fn describe(out: &Output) -> String {
 }
 
 pub fn code(out: &Output) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    out.status
-        .code()
-        .or_else(|| out.status.signal().map(|s| 128 + s))
-        .unwrap_or(-1)
+    exit_code(out.status)
 }
 
 /// The first IPv4 address (no prefix) of a `ps` row.

@@ -1,0 +1,400 @@
+//! The routed-mode cluster fixture (`routed_cluster.rs`, `vxlan_cluster.rs` and the `routed`
+//! and `vxlan` benches).
+//!
+//! [`RoutedCluster`] is a netns-fixtures [`Cluster`] (hosts `h1`, `h2`, ... on the
+//! 198.18.1.0/24 underlay, or two subnets joined by a router, see [`Topology`], plus a real
+//! etcd host) initialised with `reefctl init`, a `reef-agent` process per host that asks for
+//! one ([`Agent`]), and pods: one namespace per pod, attached through libcni (`cnitool`, run
+//! inside the host namespace) with `reef-routed` and the cluster `reef-ipam`. Everything is
+//! owned by the value and torn down on drop, also when a test panics: agents first (SIGKILL
+//! by PID), then pods, the cluster (etcd, hosts, underlay) and the directories.
+//!
+//! Expected routes come from this fixture's own knowledge (the underlay address of each
+//! host) and from etcd read with `etcdctl`, never from the agent or `reefctl`. The VXLAN
+//! modes' expected state is in [`crate::overlay`]; traffic in [`crate::traffic`]; route and
+//! neighbour notifications in [`crate::monitor`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use netns_fixtures::{Cluster, SimHost};
+use serde_json::{json, Value};
+
+use crate::agent::{reefctl, reefctl_ok, Agent};
+pub use crate::agent::{CALL_TIMEOUT, PROTO, READY_TIMEOUT};
+use crate::expect::parse_stdout;
+use crate::monitor::proto_routes;
+use crate::{assert_success, cni_path, tempdir, write_conflist, Cnitool, Netns, TempDir};
+
+/// Network name of the routed conflists.
+pub const NET: &str = "routednet";
+/// Interface name inside pods.
+pub const IFNAME: &str = "eth0";
+/// The pool every routed test initialises (each test has its own etcd, so they can share it).
+pub const POOL: &str = "10.66.0.0/16";
+pub const BLOCK_PREFIX: u8 = 26;
+
+/// One pod attached with reef-routed.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    pub host: usize,
+    pub cid: String,
+    pub ip: Ipv4Addr,
+    pub result: Value,
+}
+
+/// A routed-mode cluster: hosts, etcd, agents and pods (see the module documentation).
+#[derive(Debug)]
+pub struct RoutedCluster {
+    // Field order is drop order: agents, pods, the cluster, then the directories.
+    pub agents: Vec<Option<Agent>>,
+    pub pods: Vec<Pod>,
+    pub cluster: Cluster,
+    dirs: Vec<TempDir>,
+    next_pod: usize,
+}
+
+impl RoutedCluster {
+    /// `hosts` hosts and etcd; the cluster is initialised for [`POOL`] in routed mode. No
+    /// agent runs yet.
+    pub fn new(hosts: usize) -> RoutedCluster {
+        RoutedCluster::with(Topology::OneSubnet(hosts), "routed")
+    }
+
+    fn add_dir(&mut self) {
+        let dir = tempdir();
+        let i = self.dirs.len();
+        let host = self.cluster.host(i);
+        for sub in ["cni-cache", "ipam-cache"] {
+            std::fs::create_dir_all(dir.path().join(sub))
+                .unwrap_or_else(|e| panic!("create {sub}: {e}"));
+        }
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": NET,
+            "plugins": [{
+                "type": "reef-routed",
+                "ipam": {
+                    "type": "reef-ipam",
+                    "etcd": {"endpoints": [self.endpoint()]},
+                    "nodeName": host.name(),
+                    "dataDir": dir.path().join("ipam-cache").display().to_string(),
+                },
+            }],
+        });
+        write_conflist(dir.path(), &conf);
+        self.dirs.push(dir);
+        self.agents.push(None);
+    }
+
+    /// Adds a host (`h<N+1>`, next underlay address) with its directories; returns its index.
+    /// No agent runs on it yet.
+    pub fn add_host(&mut self) -> usize {
+        self.cluster.add_host(0).expect("add a host");
+        self.add_dir();
+        self.cluster.hosts.len() - 1
+    }
+
+    pub fn host(&self, i: usize) -> &SimHost {
+        self.cluster.host(i)
+    }
+
+    pub fn node(&self, i: usize) -> String {
+        self.host(i).name().to_owned()
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.cluster.etcd().endpoint()
+    }
+
+    pub fn conflist(&self, i: usize) -> PathBuf {
+        self.dirs[i].path().join(format!("{NET}.conflist"))
+    }
+
+    /// Starts the agent of host `i` (with `extra` flags) without waiting for it.
+    pub fn spawn_agent(&mut self, i: usize, extra: &[&str]) {
+        assert!(
+            self.agents[i].is_none(),
+            "agent of host {i} already running"
+        );
+        let agent = Agent::spawn(self.host(i), &self.endpoint(), extra);
+        self.agents[i] = Some(agent);
+    }
+
+    /// Starts the agent of host `i` and waits until it is ready; returns spawn→ready.
+    pub fn start_agent(&mut self, i: usize, extra: &[&str]) -> Duration {
+        self.spawn_agent(i, extra);
+        self.agent(i).wait_ready(READY_TIMEOUT)
+    }
+
+    /// Starts an agent on each of `hosts` (all spawned first, then waited for).
+    pub fn start_agents(&mut self, hosts: &[usize], extra: &[&str]) {
+        for &i in hosts {
+            self.spawn_agent(i, extra);
+        }
+        for &i in hosts {
+            self.agent(i).wait_ready(READY_TIMEOUT);
+        }
+    }
+
+    /// The running agent of host `i` (panics if none).
+    pub fn agent(&mut self, i: usize) -> &mut Agent {
+        self.agents[i]
+            .as_mut()
+            .unwrap_or_else(|| panic!("no agent on host {i}"))
+    }
+
+    /// Removes the agent of host `i` from the cluster (the caller decides how it ends).
+    pub fn take_agent(&mut self, i: usize) -> Agent {
+        self.agents[i]
+            .take()
+            .unwrap_or_else(|| panic!("no agent on host {i}"))
+    }
+
+    /// Logs of every agent (for failure messages).
+    pub fn agent_logs(&self) -> String {
+        self.agents
+            .iter()
+            .flatten()
+            .map(|a| format!("--- reef-agent {} ---\n{}", a.node, a.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Creates a pod on host `i` through libcni (reef-routed + cluster reef-ipam); returns its
+    /// index in [`RoutedCluster::pods`] and the instant the ADD returned.
+    pub fn add_pod_timed(&mut self, i: usize) -> (usize, Instant) {
+        let ns = Netns::new("rpod").expect("create pod netns");
+        let cid = format!("{}-p{}", self.node(i), self.next_pod);
+        self.next_pod += 1;
+        let cache = self.dirs[i].path().join("cni-cache");
+        let out = Cnitool::new(self.host(i).ns(), cache)
+            .cni_path(cni_path())
+            .timeout(CALL_TIMEOUT)
+            .add(&self.conflist(i), ns.path(), &cid, IFNAME);
+        let done = Instant::now();
+        let stdout = assert_success(&out, &format!("cnitool add {cid} on {}", self.node(i)));
+        let result: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("ADD {cid}: result is not JSON ({e}): {stdout}"));
+        let ip = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["address"].as_str())
+            .filter_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .next()
+            .unwrap_or_else(|| panic!("ADD {cid}: no IPv4 address in the result: {result}"));
+        self.pods.push(Pod {
+            ns,
+            host: i,
+            cid,
+            ip,
+            result,
+        });
+        (self.pods.len() - 1, done)
+    }
+
+    pub fn add_pod(&mut self, i: usize) -> usize {
+        self.add_pod_timed(i).0
+    }
+
+    /// `reefctl --etcd EP ARGS` inside host `i`.
+    pub fn reefctl(&self, i: usize, args: &[&str]) -> Output {
+        reefctl(self.host(i), self.cluster.etcd(), args)
+    }
+
+    pub fn reefctl_ok(&self, i: usize, args: &[&str]) -> String {
+        reefctl_ok(self.host(i), self.cluster.etcd(), args)
+    }
+
+    /// `reefctl ARGS --output json` inside host `i`, parsed.
+    pub fn reefctl_json(&self, i: usize, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend(["--output", "json"]);
+        parse_stdout(&self.reefctl_ok(i, &full), &format!("reefctl {full:?}"))
+    }
+
+    /// `reefctl node ls --output json` from host `i`: node name → entry.
+    pub fn node_ls(&self, i: usize) -> BTreeMap<String, Value> {
+        let v = self.reefctl_json(i, &["node", "ls"]);
+        v.as_array()
+            .unwrap_or_else(|| panic!("node ls --output json is not an array: {v}"))
+            .iter()
+            .map(|n| {
+                let name = n["name"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("node entry without a name: {n}"));
+                (name.to_owned(), n.clone())
+            })
+            .collect()
+    }
+
+    /// `etcdctl ARGS` from host `from`.
+    pub fn etcdctl(&self, from: usize, args: &[&str]) -> String {
+        self.cluster
+            .etcd()
+            .ctl(self.host(from).ns(), args)
+            .unwrap_or_else(|e| panic!("etcdctl {args:?}: {e}"))
+    }
+
+    /// Every block in etcd: cidr → owning node (read with etcdctl from host `from`).
+    pub fn blocks(&self, from: usize) -> BTreeMap<String, String> {
+        let out = self.etcdctl(
+            from,
+            &["get", "--prefix", "/reef/blocks/", "--print-value-only"],
+        );
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("block value is not JSON ({e}): {l}"));
+                (
+                    v["cidr"].as_str().unwrap_or_default().to_owned(),
+                    v["node"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Blocks of `node` (from etcd).
+    pub fn blocks_of(&self, from: usize, node: &str) -> BTreeSet<String> {
+        self.blocks(from)
+            .into_iter()
+            .filter(|(_, n)| n == node)
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    /// Host `i`'s routes of protocol 201, normalised: `blackhole CIDR` or `CIDR via GW`
+    /// (anything else verbatim as JSON).
+    pub fn routes(&self, i: usize) -> BTreeSet<String> {
+        proto_routes(self.host(i).ns())
+    }
+
+    /// What host `i`'s agent should have programmed, from etcd's blocks and the underlay
+    /// addresses this fixture gave the hosts in `nodes` (the nodes that still exist):
+    /// `CIDR via ADDR` for their blocks, `blackhole CIDR` for its own.
+    pub fn expected_routes(&self, i: usize, nodes: &[usize]) -> BTreeSet<String> {
+        let me = self.node(i);
+        let addrs: BTreeMap<String, Ipv4Addr> = nodes
+            .iter()
+            .map(|&n| (self.node(n), self.host(n).addr()))
+            .collect();
+        self.blocks(i)
+            .into_iter()
+            .filter_map(|(cidr, node)| {
+                if node == me {
+                    Some(format!("blackhole {cidr}"))
+                } else {
+                    addrs.get(&node).map(|a| format!("{cidr} via {a}"))
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until each host in `hosts` has exactly [`RoutedCluster::expected_routes`]
+    /// (over the node set `nodes`); panics after `timeout` with what is missing or extra.
+    pub fn wait_routes(&self, hosts: &[usize], nodes: &[usize], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for &h in hosts {
+            loop {
+                let want = self.expected_routes(h, nodes);
+                let have = self.routes(h);
+                if want == have {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{}: proto {PROTO} routes did not converge within {timeout:?}\n\
+                         want: {want:?}\nhave: {have:?}\nmissing: {:?}\nextra: {:?}\n{}",
+                        self.node(h),
+                        want.difference(&have).collect::<Vec<_>>(),
+                        have.difference(&want).collect::<Vec<_>>(),
+                        self.agent_logs()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Where the hosts of a [`RoutedCluster::with`] sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// `n` hosts on 198.18.1.0/24 (what [`RoutedCluster::new`] builds).
+    OneSubnet(usize),
+    /// `n` hosts on 198.18.1.0/24 (`hosts[..n]`) and `n` on 198.18.2.0/24 (`hosts[n..]`),
+    /// joined by a router that knows the two subnets and nothing about pods. etcd sits on the
+    /// first subnet.
+    TwoSubnets(usize),
+}
+
+impl RoutedCluster {
+    /// Like [`RoutedCluster::new`] on `topology`, initialised with `--mode MODE`.
+    pub fn with(topology: Topology, mode: &str) -> RoutedCluster {
+        RoutedCluster::with_init(topology, &["--mode", mode])
+    }
+
+    /// Builds `topology` with etcd and runs `reefctl init --pool POOL --block-size 26 INIT...`
+    /// (INIT carries `--mode` and e.g. `--vni`). No agent runs yet.
+    pub fn with_init(topology: Topology, init: &[&str]) -> RoutedCluster {
+        let (cluster, hosts) = match topology {
+            Topology::OneSubnet(n) => {
+                (Cluster::new(n, true).expect("build a cluster with etcd"), n)
+            }
+            Topology::TwoSubnets(n) => {
+                let mut c = Cluster::two_subnets(n).expect("build two routed subnets");
+                c.start_etcd(false).expect("start etcd");
+                (c, 2 * n)
+            }
+        };
+        let mut rc = RoutedCluster {
+            agents: Vec::new(),
+            pods: Vec::new(),
+            cluster,
+            dirs: Vec::new(),
+            next_pod: 0,
+        };
+        for _ in 0..hosts {
+            rc.add_dir();
+        }
+        let prefix = BLOCK_PREFIX.to_string();
+        let mut args = vec!["init", "--pool", POOL, "--block-size", &prefix];
+        args.extend_from_slice(init);
+        rc.reefctl_ok(0, &args);
+        rc
+    }
+
+    /// True if hosts `a` and `b` share an underlay subnet.
+    pub fn same_subnet(&self, a: usize, b: usize) -> bool {
+        self.host(a).subnet() == self.host(b).subnet()
+    }
+
+    /// `/reef/nodes/*` from etcd (read with etcdctl from host `from`): name → record.
+    pub fn node_records(&self, from: usize) -> BTreeMap<String, Value> {
+        let out = self.etcdctl(
+            from,
+            &["get", "--prefix", "/reef/nodes/", "--print-value-only"],
+        );
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("node record is not JSON ({e}): {l}"));
+                (v["name"].as_str().unwrap_or_default().to_owned(), v)
+            })
+            .collect()
+    }
+
+    /// `/reef/config` from etcd.
+    pub fn config(&self, from: usize) -> Value {
+        let out = self.etcdctl(from, &["get", "/reef/config", "--print-value-only"]);
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("/reef/config is not JSON ({e}): {out}"))
+    }
+}
