@@ -164,7 +164,7 @@ impl Agent {
 
 /// `reefctl --etcd EP [--etcd-ca CA --etcd-cert CERT --etcd-key KEY] ARGS` inside `host`,
 /// with the client certificate when `etcd` requires TLS.
-pub fn reefctl_cmd(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> Command {
+fn reefctl_cmd(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> Command {
     let mut cmd = host.cmd(plugin("reefctl"));
     cmd.env_remove("REEF_ETCD")
         .arg("--etcd")
@@ -181,7 +181,8 @@ pub fn reefctl_cmd(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs [`reefctl_cmd`] to completion (bounded by [`CALL_TIMEOUT`]).
+/// Runs `reefctl --etcd EP [TLS flags] ARGS` inside `host` to completion (bounded by
+/// [`CALL_TIMEOUT`]).
 pub fn reefctl(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> Output {
     let mut cmd = reefctl_cmd(host, etcd, args);
     output_with_timeout(&mut cmd, None, CALL_TIMEOUT)

@@ -75,7 +75,7 @@ impl Env {
     }
 
     /// `{"ca", "cert", "key"}` of the etcd's client certificate, if it uses TLS.
-    pub fn tls_section(&self) -> Option<Value> {
+    fn tls_section(&self) -> Option<Value> {
         self.cluster.etcd().tls().map(|t| {
             json!({
                 "ca": t.ca.display().to_string(),
@@ -86,7 +86,7 @@ impl Env {
     }
 
     /// The `etcd` section of a config: endpoints (+ TLS with the client certificate).
-    pub fn etcd_section(&self) -> Value {
+    fn etcd_section(&self) -> Value {
         let mut e = json!({ "endpoints": [self.endpoint()] });
         if let Some(tls) = self.tls_section() {
             e["tls"] = tls;
@@ -333,14 +333,15 @@ impl Rng {
         Rng((0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()) ^ salt) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// A number in `0..n` (`0` if `n` is 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }

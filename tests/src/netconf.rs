@@ -38,7 +38,7 @@ pub fn bridge_conf(
 }
 
 /// Shallow merge of the object `extra` into the object `into`.
-pub fn merge(into: &mut Value, extra: Value) {
+fn merge(into: &mut Value, extra: Value) {
     if let (Some(dst), Value::Object(src)) = (into.as_object_mut(), extra) {
         dst.extend(src);
     }

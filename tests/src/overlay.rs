@@ -1,6 +1,6 @@
 //! The VXLAN modes (`vxlan`, `vxlan-crosssubnet`): a host's forwarding state on
 //! `reef.vxlan` ([`Overlay`]: fdb, neighbours, protocol-201 routes) and what it should be
-//! ([`RoutedCluster::expected_overlay`]).
+//! ([`RoutedCluster::overlay_diff`], [`RoutedCluster::wait_overlay`]).
 //!
 //! The expected overlay state of a host is derived from what the fixture knows (each host's
 //! underlay address and subnet), from etcd's blocks (read with etcdctl) and from the other
@@ -47,7 +47,7 @@ fn cidr_base(cidr: &str) -> Ipv4Addr {
 }
 
 /// `bridge fdb show dev DEV` inside `ns`: the entries with a remote, as `MAC dst IP STATE`.
-pub fn fdb_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
+fn fdb_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
     let v = json_of(ns, &format!("bridge -j fdb show dev {dev}"));
     v.as_array()
         .into_iter()
@@ -64,7 +64,7 @@ pub fn fdb_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
 }
 
 /// `ip -4 neigh show dev DEV` inside `ns`, as `IP lladdr MAC STATE` (states joined by `,`).
-pub fn neigh_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
+fn neigh_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
     let v = json_of(ns, &format!("ip -4 -j neigh show dev {dev}"));
     v.as_array()
         .into_iter()
@@ -88,7 +88,7 @@ pub fn neigh_entries(ns: &Netns, dev: &str) -> BTreeSet<String> {
 
 /// Protocol-201 IPv4 routes inside `ns` with their device and flags: `blackhole CIDR`,
 /// `CIDR via GW dev DEV`, `CIDR via GW dev DEV onlink`, `CIDR dev DEV` (anything else as JSON).
-pub fn proto_routes_dev(ns: &Netns) -> BTreeSet<String> {
+fn proto_routes_dev(ns: &Netns) -> BTreeSet<String> {
     let v = json_of(ns, &format!("ip -j -4 route show proto {PROTO}"));
     v.as_array()
         .into_iter()
@@ -180,7 +180,7 @@ impl RoutedCluster {
     /// neighbour, and a route per block; in `vxlan-crosssubnet`, nodes on host `i`'s subnet
     /// get `via <underlay> dev <iface>` instead (and no fdb/neigh entry is required).
     /// Own blackholes are not part of it (see [`RoutedCluster::overlay_diff`]).
-    pub fn expected_overlay(&self, i: usize, nodes: &[usize], mode: &str) -> Overlay {
+    fn expected_overlay(&self, i: usize, nodes: &[usize], mode: &str) -> Overlay {
         let blocks = self.blocks(i);
         let mut want = Overlay::default();
         for &n in nodes.iter().filter(|&&n| n != i) {
@@ -218,10 +218,9 @@ impl RoutedCluster {
         want
     }
 
-    /// Differences between host `i`'s overlay and [`RoutedCluster::expected_overlay`]; empty
-    /// if it matches. Blackholes are accepted for host `i`'s own blocks only; in
-    /// `vxlan-crosssubnet`, extra fdb/neigh entries are accepted if they are the correct
-    /// entries of a same-subnet node.
+    /// Differences between host `i`'s overlay and what it should be; empty if it matches.
+    /// Blackholes are accepted for host `i`'s own blocks only; in `vxlan-crosssubnet`, extra
+    /// fdb/neigh entries are accepted if they are the correct entries of a same-subnet node.
     pub fn overlay_diff(&self, i: usize, nodes: &[usize], mode: &str) -> Vec<String> {
         let want = self.expected_overlay(i, nodes, mode);
         let have = self.overlay(i);

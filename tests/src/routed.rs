@@ -111,7 +111,7 @@ impl RoutedCluster {
         self.cluster.etcd().endpoint()
     }
 
-    pub fn conflist(&self, i: usize) -> PathBuf {
+    fn conflist(&self, i: usize) -> PathBuf {
         self.dirs[i].path().join(format!("{NET}.conflist"))
     }
 
@@ -278,7 +278,7 @@ impl RoutedCluster {
     /// What host `i`'s agent should have programmed, from etcd's blocks and the underlay
     /// addresses this fixture gave the hosts in `nodes` (the nodes that still exist):
     /// `CIDR via ADDR` for their blocks, `blackhole CIDR` for its own.
-    pub fn expected_routes(&self, i: usize, nodes: &[usize]) -> BTreeSet<String> {
+    fn expected_routes(&self, i: usize, nodes: &[usize]) -> BTreeSet<String> {
         let me = self.node(i);
         let addrs: BTreeMap<String, Ipv4Addr> = nodes
             .iter()
@@ -296,7 +296,7 @@ impl RoutedCluster {
             .collect()
     }
 
-    /// Waits until each host in `hosts` has exactly [`RoutedCluster::expected_routes`]
+    /// Waits until each host in `hosts` has exactly the expected routes
     /// (over the node set `nodes`); panics after `timeout` with what is missing or extra.
     pub fn wait_routes(&self, hosts: &[usize], nodes: &[usize], timeout: Duration) {
         let deadline = Instant::now() + timeout;

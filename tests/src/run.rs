@@ -38,6 +38,8 @@ pub struct RunHost {
 }
 
 impl RunHost {
+    // Not `Default`: it creates a network namespace and a directory.
+    #[allow(clippy::new_without_default)]
     pub fn new() -> RunHost {
         let dir = tempdir();
         let host = Netns::new("runhost").expect("create host netns");
@@ -160,7 +162,7 @@ impl RunHost {
     /// Pod addresses (10.88.x.y, not the /16 itself) anywhere in the host's nftables ruleset:
     /// masquerade set elements, port-mapping map elements (reef-portmap, or the reference
     /// portmap's iptables-nft rules).
-    pub fn ruleset_pod_addresses(&self) -> Vec<String> {
+    fn ruleset_pod_addresses(&self) -> Vec<String> {
         let text = self.host.sh_ok("nft list ruleset");
         let mut found = Vec::new();
         let mut rest = text.as_str();
@@ -245,12 +247,12 @@ impl Drop for RunHost {
 }
 
 /// The reef-run binary.
-pub fn reef_run() -> PathBuf {
+fn reef_run() -> PathBuf {
     plugin("reef-run")
 }
 
 /// Mount points under `dir` (from /proc/self/mountinfo).
-pub fn pins_under(dir: &Path) -> Vec<String> {
+fn pins_under(dir: &Path) -> Vec<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let prefix = dir.to_string_lossy().into_owned();
     info.lines()

@@ -87,7 +87,7 @@ impl Cidr {
         self.width() - u32::from(self.prefix)
     }
 
-    pub fn network(&self) -> IpAddr {
+    fn network(&self) -> IpAddr {
         let hb = self.host_bits();
         let mask = if hb >= 128 { 0 } else { u128::MAX << hb };
         from_u128(to_u128(self.ip) & mask, self.ip.is_ipv4())
@@ -103,7 +103,7 @@ impl Cidr {
                 == self.network()
     }
 
-    pub fn size(&self) -> u128 {
+    fn size(&self) -> u128 {
         let hb = self.host_bits();
         if hb >= 128 {
             u128::MAX
@@ -117,7 +117,7 @@ impl Cidr {
         from_u128(to_u128(self.network()) + ordinal, self.ip.is_ipv4())
     }
 
-    pub fn ordinal_of(&self, ip: IpAddr) -> u128 {
+    fn ordinal_of(&self, ip: IpAddr) -> u128 {
         to_u128(ip) - to_u128(self.network())
     }
 }
@@ -275,7 +275,7 @@ impl Dump {
     /// allocations name existing handles that list them and vice versa, borrowed records
     /// match borrowed allocations, blocks are aligned and of their pool's block size, and
     /// reserved ordinals (network, gateway, broadcast) are never allocated.
-    pub fn problems(&self) -> Vec<String> {
+    fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let pools: Vec<(Cidr, u8)> = self
             .config

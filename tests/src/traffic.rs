@@ -2,7 +2,7 @@
 //! whose every byte is checked ([`Transfer`]), and iperf3 (Debian's) throughput.
 //!
 //! Sockets are opened from a short-lived thread that entered the pod's or host's namespace
-//! ([`in_netns`]) and then used from any thread (a socket stays in the namespace it was
+//! (`in_netns`) and then used from any thread (a socket stays in the namespace it was
 //! created in).
 
 use std::io::{self, Read, Write};
@@ -26,7 +26,7 @@ pub fn reachable(ns: &Netns, dst: &str) -> bool {
 
 /// Runs `f` on a fresh thread that entered `ns` (network namespace only) and returns its
 /// result. Sockets created inside `f` stay in `ns` and may be used from any thread.
-pub fn in_netns<T, F>(ns: &Netns, f: F) -> io::Result<T>
+fn in_netns<T, F>(ns: &Netns, f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
@@ -41,7 +41,7 @@ where
 }
 
 /// A TCP listener on `ip` (ephemeral port) inside `ns`.
-pub fn listen_in(ns: &Netns, ip: Ipv4Addr) -> TcpListener {
+fn listen_in(ns: &Netns, ip: Ipv4Addr) -> TcpListener {
     in_netns(ns, move || TcpListener::bind((ip, 0)))
         .unwrap_or_else(|e| panic!("listen on {ip} in {}: {e}", ns.name()))
 }
