@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use reef_tests::bench::Figures;
+use reef_tests::bench::{cnitool_bench, Figures};
 
 /// Unary gRPC calls etcd has completed, per method (`Txn`, `Range`, ...), from its metrics.
 fn etcd_calls(host: &Netns, etcd_addr: &str) -> BTreeMap<String, f64> {
@@ -149,19 +149,7 @@ fn main() {
     let local_file = write_conflist(dir.path(), &local_conflist(&dir.path().join("local-ipam")));
     let run = |file: &Path, n: usize, tag: &str| -> Figures {
         let prefix = format!("rcl{}{tag}-", std::process::id());
-        let out = tool.run([
-            "bench",
-            &file.display().to_string(),
-            &n.to_string(),
-            &prefix,
-        ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "bench failed: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Figures::parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
+        cnitool_bench(&tool, file, n, &prefix, "bench")
     };
 
     // Warm-up: the first ADD claims a block, creates the bridge and the masquerade table.

@@ -14,7 +14,7 @@ use reef_tests::{cni_path, cnitool_bin, tempdir, write_conflist, Cnitool, Netns}
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use reef_tests::bench::Figures;
+use reef_tests::bench::{cnitool_bench, Figures};
 
 /// One side of a comparison: a conflist run by `cnitool bench` inside its own host netns.
 struct Side {
@@ -52,20 +52,13 @@ impl Side {
         if let Some(c) = &self.cap_args {
             tool = tool.cap_args(c);
         }
-        let out = tool.run([
-            "bench",
-            &self.conflist.display().to_string(),
-            &rounds.to_string(),
+        cnitool_bench(
+            &tool,
+            &self.conflist,
+            rounds,
             &prefix,
-        ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{} bench failed: {stdout}\n{}",
-            self.label,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Figures::parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
+            &format!("{} bench", self.label),
+        )
     }
 }
 

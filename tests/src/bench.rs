@@ -2,10 +2,11 @@
 //! the printed figures, and the baseline pod wired by hand.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use netns_fixtures::SimHost;
 
-use crate::Netns;
+use crate::{Cnitool, Netns};
 
 /// p50/p90 of ADD and DEL in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,6 +34,31 @@ impl Figures {
         }
         Some(f)
     }
+}
+
+/// `cnitool bench CONFLIST ROUNDS PREFIX` (container ids `PREFIX0`, `PREFIX1`, ...) with
+/// `tool`: its figures. Panics with `what`, stdout and stderr if it fails, or if it prints
+/// no figures.
+pub fn cnitool_bench(
+    tool: &Cnitool,
+    conflist: &Path,
+    rounds: usize,
+    prefix: &str,
+    what: &str,
+) -> Figures {
+    let out = tool.run([
+        "bench",
+        &conflist.display().to_string(),
+        &rounds.to_string(),
+        prefix,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Figures::parse(&stdout).unwrap_or_else(|| panic!("unparsable bench output: {stdout}"))
 }
 
 /// `$name` as a number, or `default` if unset or not a number.

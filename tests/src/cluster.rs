@@ -1,4 +1,4 @@
-//! The cluster IPAM fixture (`cluster_ipam*.rs` and `benches/cluster_ipam.rs`).
+//! The cluster IPAM fixture (`cluster_ipam.rs`, `cluster_ipam_reefctl.rs`).
 //!
 //! [`Env`] is one simulated cluster (netns-fixtures [`Cluster`]: hosts `h1`, `h2`, ... on the
 //! 198.18.1.0/24 underlay plus a real etcd host) and one node-cache directory per host, all

@@ -243,19 +243,25 @@ impl RoutedCluster {
 
     /// Every block in etcd: cidr → owning node (read with etcdctl from host `from`).
     pub fn blocks(&self, from: usize) -> BTreeMap<String, String> {
-        let out = self.etcdctl(
-            from,
-            &["get", "--prefix", "/reef/blocks/", "--print-value-only"],
-        );
-        out.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("block value is not JSON ({e}): {l}"));
+        self.values(from, "/reef/blocks/")
+            .into_iter()
+            .map(|v| {
                 (
                     v["cidr"].as_str().unwrap_or_default().to_owned(),
                     v["node"].as_str().unwrap_or_default().to_owned(),
                 )
+            })
+            .collect()
+    }
+
+    /// The JSON values of every key under `prefix` in etcd (etcdctl from host `from`).
+    fn values(&self, from: usize, prefix: &str) -> Vec<Value> {
+        let out = self.etcdctl(from, &["get", "--prefix", prefix, "--print-value-only"]);
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("value under {prefix} is not JSON ({e}): {l}"))
             })
             .collect()
     }
@@ -377,17 +383,9 @@ impl RoutedCluster {
 
     /// `/reef/nodes/*` from etcd (read with etcdctl from host `from`): name → record.
     pub fn node_records(&self, from: usize) -> BTreeMap<String, Value> {
-        let out = self.etcdctl(
-            from,
-            &["get", "--prefix", "/reef/nodes/", "--print-value-only"],
-        );
-        out.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)
-                    .unwrap_or_else(|e| panic!("node record is not JSON ({e}): {l}"));
-                (v["name"].as_str().unwrap_or_default().to_owned(), v)
-            })
+        self.values(from, "/reef/nodes/")
+            .into_iter()
+            .map(|v| (v["name"].as_str().unwrap_or_default().to_owned(), v))
             .collect()
     }
 
