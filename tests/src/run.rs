@@ -327,6 +327,7 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// The exit code of a finished run as a shell reports it (128 + signal if killed).
 pub fn code(out: &Output) -> i32 {
     exit_code(out.status)
 }
