@@ -13,7 +13,7 @@
 //!   `reefctl`; [`overlay`]: the VXLAN modes' forwarding state;
 //! - [`traffic`]: pings, checked TCP streams, iperf3; [`monitor`]: route and neighbour
 //!   notifications, route samples, interface counters;
-//! - [`run`]: the reef-run harness; [`bench`]: what only the benches share.
+//! - [`run`]: the reef-run harness; [`bench`](mod@bench): what only the benches share.
 //!
 //! ```no_run
 //! use reef_tests::*;
