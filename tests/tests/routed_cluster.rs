@@ -1,6 +1,6 @@
 //! Routed mode across simulated hosts: `reef-routed` pods (through libcni, with the cluster
 //! `reef-ipam`) and one `reef-agent` process per host against a real etcd, all inside network
-//! namespaces (fixture: `common/routed.rs`).
+//! namespaces (fixture: `reef_tests::routed`).
 //!
 //! Each test builds its own cluster (its own etcd), so the tests run in parallel threads and
 //! may all use the pool 10.66.0.0/16 with /26 blocks. Expected routes are derived from etcd

@@ -1,7 +1,7 @@
 //! The VXLAN overlay modes across two underlay subnets: hosts `h1`, `h2` on 198.18.1.0/24 and
 //! `h3`, `h4` on 198.18.2.0/24, joined by a router that knows nothing about pod addresses, a
 //! real etcd, one `reef-agent` process per host, and `reef-routed` pods attached through
-//! libcni with the cluster `reef-ipam` (fixture: `common/routed.rs`).
+//! libcni with the cluster `reef-ipam` (fixture: `reef_tests::routed`).
 //!
 //! - `routed` mode cannot cross the router: same-subnet pods talk, cross-subnet pods do not,
 //!   and `reefctl node ls` says why.
