@@ -61,6 +61,20 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// HTTP/2 keep-alive of streaming connections: a PING after this long without a frame from
+/// etcd. etcd (grpc-go) answers pings that come more often than its
+/// `--grpc-keepalive-min-time` (default 5 s) with a strike, and after two strikes closes the
+/// connection with GOAWAY "too_many_pings": with the former 3 s every idle watch broke about
+/// every 12 s (issue #18). 10 s is twice etcd's default minimum, so an idle watch is never
+/// struck; the price is that a silently dead etcd (host gone, packets dropped) is noticed
+/// only after up to `KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT` = 15 s instead of 6 s. A
+/// refused or reset connection is still noticed at once, and unary requests keep their own
+/// `REQUEST_TIMEOUT`. Clusters that raise `--grpc-keepalive-min-time` above 10 s must keep
+/// it below this interval.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a keep-alive PING may go unanswered before the connection counts as dead.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub struct Etcd {
     client: Client,
     endpoints: String,
@@ -280,8 +294,13 @@ impl Etcd {
         if request_timeout {
             opts = opts.with_timeout(REQUEST_TIMEOUT);
         } else {
-            // A watch on a silently dead connection would wait forever: HTTP/2 pings notice.
-            opts = opts.with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
+            // A watch on a silently dead connection would wait forever: HTTP/2 pings notice
+            // (see KEEP_ALIVE_INTERVAL for the trade-off). Not while no stream is open:
+            // etcd permits pings without an active stream only every 2 h (grpc-go's
+            // PermitWithoutStream is off), and there is nothing to keep alive then.
+            opts = opts
+                .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+                .with_keep_alive_while_idle(false);
         }
         if let Some(tls) = &cfg.tls {
             let mut t = TlsOptions::new();
