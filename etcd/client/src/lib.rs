@@ -37,6 +37,18 @@ pub enum Error {
     /// etcd could not be reached or did not answer in time: worth retrying later.
     #[error("etcd unavailable at {endpoints}: {detail}")]
     Unavailable { endpoints: String, detail: String },
+    /// Nothing usable answered at the endpoints (connection refused, no route, timed out,
+    /// closed): worth retrying later. The message is one line (endpoint, what failed, what
+    /// to check); `detail` keeps the full transport error chain for `--verbose` or a log.
+    #[error(
+        "cannot reach etcd at {endpoints}: {reason} (check that etcd is running and \
+         listening there, and the endpoint's scheme, address and port)"
+    )]
+    Unreachable {
+        endpoints: String,
+        reason: String,
+        detail: String,
+    },
     /// Bad configuration (endpoints, TLS files): retrying will not help.
     #[error("etcd configuration: {0}")]
     Config(String),
@@ -50,7 +62,16 @@ pub enum Error {
 
 impl Error {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable { .. })
+        matches!(self, Error::Unavailable { .. } | Error::Unreachable { .. })
+    }
+
+    /// The full underlying error (transport error chain, gRPC status) when the message
+    /// summarises it: for `--verbose` output and logs.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Unreachable { detail, .. } => Some(detail),
+            _ => None,
+        }
     }
 }
 
@@ -322,8 +343,9 @@ impl Etcd {
         let connect = Client::connect(&cfg.endpoints, Some(opts));
         let client = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
             .await
-            .map_err(|_| Error::Unavailable {
+            .map_err(|_| Error::Unreachable {
                 endpoints: endpoints.clone(),
+                reason: format!("connecting timed out after {CONNECT_TIMEOUT:?}"),
                 detail: "connection timed out".into(),
             })?
             .map_err(|e| classify(&endpoints, e, tls_without_cert))?;
@@ -414,8 +436,9 @@ fn classify(endpoints: &str, e: etcd_client::Error, tls_without_cert: bool) -> E
         };
     }
     if unavailable && !looks_like_tls_refusal(&detail) {
-        Error::Unavailable {
+        Error::Unreachable {
             endpoints: endpoints.to_string(),
+            reason: reason(&e),
             detail,
         }
     } else {
@@ -423,6 +446,30 @@ fn classify(endpoints: &str, e: etcd_client::Error, tls_without_cert: bool) -> E
             endpoints: endpoints.to_string(),
             detail,
         }
+    }
+}
+
+/// One short phrase for what failed: the innermost cause (e.g. "Connection refused (os
+/// error 111)"), not the whole chain, whose gRPC status and transport wrappers repeat the
+/// same thing at length.
+fn reason(e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    let (top, mut src): (String, Option<&(dyn std::error::Error + 'static)>) = match e {
+        E::GRpcStatus(s) => (s.message().to_string(), std::error::Error::source(s)),
+        E::TransportError(t) => (t.to_string(), std::error::Error::source(t)),
+        other => (other.to_string(), None),
+    };
+    let mut innermost = None;
+    while let Some(inner) = src {
+        innermost = Some(inner.to_string());
+        src = inner.source();
+    }
+    let r = innermost.filter(|s| !s.trim().is_empty()).unwrap_or(top);
+    let r = r.trim();
+    if r.is_empty() {
+        "no answer".to_string()
+    } else {
+        r.to_string()
     }
 }
 

@@ -5,6 +5,7 @@ use ipnetwork::IpNetwork;
 use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
+use reef_ipam::cluster::ClusterError;
 use reef_schema::{ClusterConfig, Mode, Pool};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -21,6 +22,10 @@ struct Cli {
     etcd: EtcdArgs,
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// On failure, also print the full underlying error (e.g. etcd's gRPC status and
+    /// transport error chain) after the one-line message.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -149,9 +154,9 @@ type Res = Result<(String, Value), String>;
 async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
     let etcd = Etcd::connect(cfg).await;
     if let (Cmd::Status, Err(e)) = (&cli.command, &etcd) {
-        return Err(unreachable_status(cli, cfg, e));
+        return Err(unreachable_status(cli, cfg, e, etcd_error(cli, e)));
     }
-    let mut etcd = etcd.map_err(|e| e.to_string())?;
+    let mut etcd = etcd.map_err(|e| etcd_error(cli, &e))?;
     match &cli.command {
         Cmd::Init {
             pool,
@@ -195,7 +200,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             };
             admin::init(&mut etcd, &config, *force)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             let text = format!(
                 "initialised: mode {}, pools {}\n",
                 mode.as_str(),
@@ -213,7 +218,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let snap = admin::snapshot(&mut etcd)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             Ok(ipam_show(&snap))
         }
         Cmd::Ipam {
@@ -221,7 +226,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let report = admin::gc(&mut etcd, node.as_deref(), None)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             Ok(gc_report(&report))
         }
         Cmd::Node {
@@ -229,7 +234,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let snap = admin::snapshot(&mut etcd)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             Ok(node_table(&snap))
         }
         Cmd::Node {
@@ -237,7 +242,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let report = admin::node_rm(&mut etcd, name)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             let (text, value) = gc_report(&report);
             Ok((format!("node {name} removed\n{text}"), value))
         }
@@ -246,7 +251,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let snap = admin::snapshot(&mut etcd)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             let mut text = format!(
                 "{:<28} {:<20} {:>6} {:>9}\n",
                 "BLOCK", "NODE", "USED", "CAPACITY"
@@ -267,7 +272,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         Cmd::Status => {
             let snap = match admin::snapshot(&mut etcd).await {
                 Ok(s) => s,
-                Err(e) => return Err(unreachable_status(cli, cfg, &e)),
+                Err(e) => return Err(unreachable_status(cli, cfg, &e, cluster_error(cli, &e))),
             };
             let value = json!({
                 "etcd": "ok",
@@ -300,15 +305,35 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
     }
 }
 
+/// The one-line message; with `--verbose`, the full underlying error on the next line.
+fn etcd_error(cli: &Cli, e: &reef_etcd::Error) -> String {
+    match e.detail() {
+        Some(detail) if cli.verbose => format!("{e}\n  detail: {detail}"),
+        _ => e.to_string(),
+    }
+}
+
+fn cluster_error(cli: &Cli, e: &ClusterError) -> String {
+    match e {
+        ClusterError::Etcd(inner) => etcd_error(cli, inner),
+        other => other.to_string(),
+    }
+}
+
 /// `status` must still report when etcd is down: print the JSON document (with the error)
-/// for `--output json`, and fail.
-fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: &dyn std::fmt::Display) -> String {
+/// for `--output json`, and fail with `message`.
+fn unreachable_status(
+    cli: &Cli,
+    cfg: &EtcdConfig,
+    e: &dyn std::fmt::Display,
+    message: String,
+) -> String {
     if cli.output == Output::Json {
         let doc = json!({"etcd": e.to_string(), "endpoints": cfg.endpoints.join(","),
                          "initialised": Value::Null});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
-    e.to_string()
+    message
 }
 
 /// Every node: underlay address, whether its agent is alive (lease), the routes the agent
