@@ -24,9 +24,9 @@ fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-#[test]
-fn an_idle_agent_keeps_its_etcd_watch_for_40s_without_a_session_restart() {
-    let cluster = Cluster::new(1, true).expect("build a host with etcd");
+/// `reefctl init` on `cluster`, then a `reef-agent` on its host with its output in
+/// `log_path`, waited for until ready.
+fn start_agent(cluster: &Cluster, log_path: &Path) -> ChildGuard {
     let host = cluster.host(0);
     let endpoint = cluster.etcd().endpoint();
 
@@ -38,9 +38,7 @@ fn an_idle_agent_keeps_its_etcd_watch_for_40s_without_a_session_restart() {
         .unwrap_or_else(|e| panic!("reefctl init: {e}"));
     assert_success(&out, "reefctl init");
 
-    let dir = tempdir();
-    let log_path = dir.path().join("agent.log");
-    let log = File::create(&log_path).expect("create the agent log");
+    let log = File::create(log_path).expect("create the agent log");
     let mut cmd = host.cmd(plugin("reef-agent"));
     cmd.env_remove("REEF_ETCD")
         .args(["--etcd", &endpoint, "--node", host.name()])
@@ -52,20 +50,29 @@ fn an_idle_agent_keeps_its_etcd_watch_for_40s_without_a_session_restart() {
     let mut agent = ChildGuard::from(cmd.spawn().expect("spawn reef-agent"));
 
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !read_log(&log_path).contains("msg=ready") {
+    while !read_log(log_path).contains("msg=ready") {
         if let Ok(Some(status)) = agent.try_wait() {
             panic!(
                 "reef-agent exited ({status}) before it was ready; log:\n{}",
-                read_log(&log_path)
+                read_log(log_path)
             );
         }
         assert!(
             Instant::now() < deadline,
             "reef-agent not ready after {READY_TIMEOUT:?}; log:\n{}",
-            read_log(&log_path)
+            read_log(log_path)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    agent
+}
+
+#[test]
+fn an_idle_agent_keeps_its_etcd_watch_for_40s_without_a_session_restart() {
+    let cluster = Cluster::new(1, true).expect("build a host with etcd");
+    let dir = tempdir();
+    let log_path = dir.path().join("agent.log");
+    let mut agent = start_agent(&cluster, &log_path);
 
     // Nothing happens in the cluster: no pod, no other node, no etcd write.
     std::thread::sleep(IDLE);
@@ -84,5 +91,41 @@ fn an_idle_agent_keeps_its_etcd_watch_for_40s_without_a_session_restart() {
         restarts.join("\n"),
         cluster.etcd().log_tail(20)
     );
+    drop(agent);
+}
+
+/// The other side of the keep-alive trade-off: an etcd that silently stops answering (its
+/// host drops every packet to the client port, so no reset, no FIN) still ends the watch
+/// session within keep-alive interval + timeout (10 s + 5 s), with margin.
+#[test]
+fn a_silently_dead_etcd_ends_the_watch_session_within_20s() {
+    const NOTICED_WITHIN: Duration = Duration::from_secs(20);
+    let cluster = Cluster::new(1, true).expect("build a host with etcd");
+    let dir = tempdir();
+    let log_path = dir.path().join("agent.log");
+    let agent = start_agent(&cluster, &log_path);
+
+    // Inside etcd's own namespace only.
+    let rules = format!(
+        "table inet reef_test_drop {{\n chain input {{\n  type filter hook input priority 0;\n  \
+         tcp dport {} drop\n }}\n}}\n",
+        reef_tests::fixtures::EtcdHost::CLIENT_PORT
+    );
+    let mut nft = cluster.etcd().host().cmd("nft");
+    nft.args(["-f", "-"]);
+    let out = output_with_timeout(&mut nft, Some(rules.as_bytes()), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("nft in etcd's namespace: {e}"));
+    assert_success(&out, "nft: drop etcd's client port");
+    let dropped = Instant::now();
+
+    while !read_log(&log_path).contains(SESSION_ENDED) {
+        assert!(
+            dropped.elapsed() < NOTICED_WITHIN,
+            "no session restart {NOTICED_WITHIN:?} after etcd stopped answering; log:\n{}",
+            read_log(&log_path)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("silently dead etcd noticed after {:?}", dropped.elapsed());
     drop(agent);
 }
