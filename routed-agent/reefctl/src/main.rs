@@ -1,6 +1,6 @@
 //! reefctl: the operator CLI for a Reef cluster (state in etcd).
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
@@ -20,6 +20,7 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Output format: text tables, or one JSON document on stdout (for scripts).
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
     /// On failure, also print the full underlying error (e.g. etcd's gRPC status and
@@ -38,23 +39,30 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write the cluster configuration: pools, block size, mode.
+    /// Write the cluster configuration: pools, block size, mode. At least one of --pool and
+    /// --pool6 is required.
+    #[command(group(
+        ArgGroup::new("pools").args(["pool", "pool6"]).required(true).multiple(true)
+    ))]
     Init {
-        /// IPv4 pool, e.g. 10.244.0.0/16.
-        #[arg(long)]
+        /// IPv4 pool, e.g. 10.244.0.0/16 (this and/or --pool6 is required).
+        #[arg(long, value_name = "CIDR")]
         pool: Option<IpNetwork>,
-        /// IPv6 pool, e.g. fd00:244::/48.
-        #[arg(long)]
+        /// IPv6 pool, e.g. fd00:244::/48 (this and/or --pool is required).
+        #[arg(long, value_name = "CIDR")]
         pool6: Option<IpNetwork>,
         /// IPv4 block prefix length (26 = 64 addresses per block).
-        #[arg(long, default_value_t = 26)]
+        #[arg(long, default_value_t = 26, value_name = "N")]
         block_size: u8,
-        /// IPv6 block prefix length.
-        #[arg(long, default_value_t = 122)]
+        /// IPv6 block prefix length (122 = 64 addresses per block).
+        #[arg(long, default_value_t = 122, value_name = "N")]
         block_size6: u8,
+        /// Data plane: routed (plain L3 routes, hosts on one L2 segment), vxlan (overlay
+        /// between all hosts), vxlan-crosssubnet (routes within a subnet, VXLAN across).
         #[arg(long, value_parser = ["routed", "vxlan", "vxlan-crosssubnet"])]
         mode: String,
-        #[arg(long, default_value_t = 1)]
+        /// VXLAN network identifier of the overlay (vxlan modes; ignored by routed).
+        #[arg(long, default_value_t = 1, value_name = "N")]
         vni: u32,
         /// Do not masquerade pod traffic leaving the pools.
         #[arg(long)]
@@ -97,15 +105,16 @@ enum IpamCmd {
 
 #[derive(Subcommand)]
 enum NodeCmd {
+    /// List nodes: underlay address, alive (agent lease), routes, addresses, blocks, and
+    /// any routing problem agents report.
     Ls,
     /// Remove a node: release its addresses, delete its blocks and its record.
-    Rm {
-        name: String,
-    },
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
 enum BlockCmd {
+    /// List blocks: owner node, addresses used, capacity.
     Ls,
 }
 
