@@ -16,11 +16,19 @@ trap cleanup EXIT
 ip netns add "$host" && ip -n "$host" link set lo up
 
 echo "== reef-run --hostname demo -- sh -c '...'"
+status=0
 ip netns exec "$host" env REEF_STATE_DIR="$work/state" REEF_CNI_CACHE_DIR="$work/cache" \
   REEF_IPAM_DATA_DIR="$work/ipam" \
   target/release/reef-run --hostname demo -- sh -c '
     echo "hostname: $(hostname)"; echo "processes: $(ls /proc | grep -c "^[0-9]")"
     ip -4 -br addr show eth0
-    ping -c 3 -i 0.2 -W 1 10.88.0.1'
-echo "== exit status $?; after exit: no veth, no address, no rules left"
-ip -n "$host" -br link | grep -c '^reef[0-9a-f]\{11\}' || true
+    ping -c 3 -i 0.2 -W 1 10.88.0.1' || status=$?
+echo "== reef-run exit status: $status"
+# What DEL must have removed (the bridge reef0 and the nftables tables stay for the next
+# container): the pod's veth, its IPAM lease, its masquerade entry.
+veths=$(ip -n "$host" -br link | grep -c '^reef[0-9a-f]\{11\}' || true)
+leases=$(find "$work/ipam" -type f -name '10.88.*' 2>/dev/null | wc -l)
+masq=$(ip netns exec "$host" nft list set inet reef-masq-reef pods4 2>/dev/null |
+  grep -c '10\.88\.' || true)
+echo "== left after exit: $veths pod veths, $leases address leases, $masq masquerade entries"
+exit "$status"

@@ -16,6 +16,21 @@ use serde::Serialize;
     version,
     about = "Reef's minimal container runtime: runs CMD in new net, uts, pid, mount and ipc \
              namespaces, attached to a CNI network",
+    after_help = "\
+Side effects: the default network works in the current network namespace: it creates the \
+bridge reef0 (10.88.0.1), the nftables table inet reef-masq-reef (masquerade) and, with \
+-p, inet reef-portmap (port mappings), and turns on IPv4 forwarding; they stay for the \
+next container. Run it inside a throwaway namespace (`ip netns exec NS reef-run ...`) to keep a \
+host's own network untouched.
+
+Plugins are searched in $CNI_PATH, then next to the reef-run binary, then in /opt/cni/bin.
+
+Environment:
+  REEF_STATE_DIR       container state (default /run/reef)
+  REEF_CNI_CACHE_DIR   libcni-format result cache (default /var/lib/cni)
+  REEF_IPAM_DATA_DIR   dataDir of the default network's reef-ipam (default /var/lib/reef/networks)
+  CNI_PATH             plugin directories, searched first
+  REEF_RUN_DEBUG=1     one line per step of a run, with timings, on stderr",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]

@@ -6,16 +6,24 @@ use std::path::PathBuf;
 /// How to reach etcd.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EtcdArgs {
-    /// etcd endpoints, comma separated.
-    #[arg(long, env = "REEF_ETCD", value_delimiter = ',', global = true)]
+    /// etcd endpoints, comma separated, e.g. http://10.0.0.5:2379 (required: this flag or
+    /// $REEF_ETCD).
+    #[arg(
+        long,
+        env = "REEF_ETCD",
+        value_delimiter = ',',
+        global = true,
+        value_name = "URL,..."
+    )]
     pub etcd: Vec<String>,
-    /// CA certificate to verify etcd's server certificate.
-    #[arg(long, global = true)]
+    /// CA certificate (PEM) to verify etcd's server certificate (https endpoints).
+    #[arg(long, global = true, value_name = "FILE")]
     pub etcd_ca: Option<PathBuf>,
-    /// Client certificate (with --etcd-key) for etcd's client-cert-auth.
-    #[arg(long, global = true)]
+    /// Client certificate (PEM, with --etcd-key) for etcd's --client-cert-auth.
+    #[arg(long, global = true, value_name = "FILE")]
     pub etcd_cert: Option<PathBuf>,
-    #[arg(long, global = true)]
+    /// Private key (PEM) of the --etcd-cert client certificate.
+    #[arg(long, global = true, value_name = "FILE")]
     pub etcd_key: Option<PathBuf>,
 }
 

@@ -37,6 +37,18 @@ pub enum Error {
     /// etcd could not be reached or did not answer in time: worth retrying later.
     #[error("etcd unavailable at {endpoints}: {detail}")]
     Unavailable { endpoints: String, detail: String },
+    /// Nothing usable answered at the endpoints (connection refused, no route, timed out,
+    /// closed): worth retrying later. The message is one line (endpoint, what failed, what
+    /// to check); `detail` keeps the full transport error chain for `--verbose` or a log.
+    #[error(
+        "cannot reach etcd at {endpoints}: {reason} (check that etcd is running and \
+         listening there, and the endpoint's scheme, address and port)"
+    )]
+    Unreachable {
+        endpoints: String,
+        reason: String,
+        detail: String,
+    },
     /// Bad configuration (endpoints, TLS files): retrying will not help.
     #[error("etcd configuration: {0}")]
     Config(String),
@@ -50,7 +62,16 @@ pub enum Error {
 
 impl Error {
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Unavailable { .. })
+        matches!(self, Error::Unavailable { .. } | Error::Unreachable { .. })
+    }
+
+    /// The full underlying error (transport error chain, gRPC status) when the message
+    /// summarises it: for `--verbose` output and logs.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Unreachable { detail, .. } => Some(detail),
+            _ => None,
+        }
     }
 }
 
@@ -60,6 +81,20 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// connection attempt gets 2 s and each request 2 s.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HTTP/2 keep-alive of streaming connections: a PING after this long without a frame from
+/// etcd. etcd (grpc-go) answers pings that come more often than its
+/// `--grpc-keepalive-min-time` (default 5 s) with a strike, and after two strikes closes the
+/// connection with GOAWAY "too_many_pings": with the former 3 s every idle watch broke about
+/// every 12 s (issue #18). 10 s is twice etcd's default minimum, so an idle watch is never
+/// struck; the price is that a silently dead etcd (host gone, packets dropped) is noticed
+/// only after up to `KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT` = 15 s instead of 6 s. A
+/// refused or reset connection is still noticed at once, and unary requests keep their own
+/// `REQUEST_TIMEOUT`. Clusters that raise `--grpc-keepalive-min-time` above 10 s must keep
+/// it below this interval.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a keep-alive PING may go unanswered before the connection counts as dead.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Etcd {
     client: Client,
@@ -280,8 +315,13 @@ impl Etcd {
         if request_timeout {
             opts = opts.with_timeout(REQUEST_TIMEOUT);
         } else {
-            // A watch on a silently dead connection would wait forever: HTTP/2 pings notice.
-            opts = opts.with_keep_alive(Duration::from_secs(3), Duration::from_secs(3));
+            // A watch on a silently dead connection would wait forever: HTTP/2 pings notice
+            // (see KEEP_ALIVE_INTERVAL for the trade-off). Not while no stream is open:
+            // etcd permits pings without an active stream only every 2 h (grpc-go's
+            // PermitWithoutStream is off), and there is nothing to keep alive then.
+            opts = opts
+                .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+                .with_keep_alive_while_idle(false);
         }
         if let Some(tls) = &cfg.tls {
             let mut t = TlsOptions::new();
@@ -303,8 +343,9 @@ impl Etcd {
         let connect = Client::connect(&cfg.endpoints, Some(opts));
         let client = tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
             .await
-            .map_err(|_| Error::Unavailable {
+            .map_err(|_| Error::Unreachable {
                 endpoints: endpoints.clone(),
+                reason: format!("connecting timed out after {CONNECT_TIMEOUT:?}"),
                 detail: "connection timed out".into(),
             })?
             .map_err(|e| classify(&endpoints, e, tls_without_cert))?;
@@ -395,8 +436,9 @@ fn classify(endpoints: &str, e: etcd_client::Error, tls_without_cert: bool) -> E
         };
     }
     if unavailable && !looks_like_tls_refusal(&detail) {
-        Error::Unavailable {
+        Error::Unreachable {
             endpoints: endpoints.to_string(),
+            reason: reason(&e),
             detail,
         }
     } else {
@@ -404,6 +446,30 @@ fn classify(endpoints: &str, e: etcd_client::Error, tls_without_cert: bool) -> E
             endpoints: endpoints.to_string(),
             detail,
         }
+    }
+}
+
+/// One short phrase for what failed: the innermost cause (e.g. "Connection refused (os
+/// error 111)"), not the whole chain, whose gRPC status and transport wrappers repeat the
+/// same thing at length.
+fn reason(e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    let (top, mut src): (String, Option<&(dyn std::error::Error + 'static)>) = match e {
+        E::GRpcStatus(s) => (s.message().to_string(), std::error::Error::source(s)),
+        E::TransportError(t) => (t.to_string(), std::error::Error::source(t)),
+        other => (other.to_string(), None),
+    };
+    let mut innermost = None;
+    while let Some(inner) = src {
+        innermost = Some(inner.to_string());
+        src = inner.source();
+    }
+    let r = innermost.filter(|s| !s.trim().is_empty()).unwrap_or(top);
+    let r = r.trim();
+    if r.is_empty() {
+        "no answer".to_string()
+    } else {
+        r.to_string()
     }
 }
 

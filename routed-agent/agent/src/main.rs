@@ -10,16 +10,19 @@ use std::time::Duration;
 #[command(
     name = "reef-agent",
     about = "Reef's per-host agent: routes between nodes, natOutgoing, liveness",
+    override_usage = "reef-agent --etcd URL[,URL...] --node NAME --iface UNDERLAY_IF [OPTIONS]",
+    after_help = "--etcd (or $REEF_ETCD), --node (or $REEF_NODE) and --iface are required. \
+                  Logs one line per event on stderr.",
     version
 )]
 struct Cli {
     #[command(flatten)]
     etcd: EtcdArgs,
     /// This node's name (the `nodeName` its CNI configs use).
-    #[arg(long, env = "REEF_NODE")]
+    #[arg(long, env = "REEF_NODE", value_name = "NAME")]
     node: String,
     /// The underlay interface: its address is where other nodes send this node's pod traffic.
-    #[arg(long)]
+    #[arg(long, value_name = "UNDERLAY_IF")]
     iface: String,
     /// Seconds without a heartbeat after which the node reads as not alive.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..=3600))]

@@ -1,10 +1,11 @@
 //! reefctl: the operator CLI for a Reef cluster (state in etcd).
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
+use reef_ipam::cluster::ClusterError;
 use reef_schema::{ClusterConfig, Mode, Pool};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -19,8 +20,13 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     etcd: EtcdArgs,
+    /// Output format: text tables, or one JSON document on stdout (for scripts).
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// On failure, also print the full underlying error (e.g. etcd's gRPC status and
+    /// transport error chain) after the one-line message.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -33,23 +39,30 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Write the cluster configuration: pools, block size, mode.
+    /// Write the cluster configuration: pools, block size, mode. At least one of --pool and
+    /// --pool6 is required.
+    #[command(group(
+        ArgGroup::new("pools").args(["pool", "pool6"]).required(true).multiple(true)
+    ))]
     Init {
-        /// IPv4 pool, e.g. 10.244.0.0/16.
-        #[arg(long)]
+        /// IPv4 pool, e.g. 10.244.0.0/16 (this and/or --pool6 is required).
+        #[arg(long, value_name = "CIDR")]
         pool: Option<IpNetwork>,
-        /// IPv6 pool, e.g. fd00:244::/48.
-        #[arg(long)]
+        /// IPv6 pool, e.g. fd00:244::/48 (this and/or --pool is required).
+        #[arg(long, value_name = "CIDR")]
         pool6: Option<IpNetwork>,
         /// IPv4 block prefix length (26 = 64 addresses per block).
-        #[arg(long, default_value_t = 26)]
+        #[arg(long, default_value_t = 26, value_name = "N")]
         block_size: u8,
-        /// IPv6 block prefix length.
-        #[arg(long, default_value_t = 122)]
+        /// IPv6 block prefix length (122 = 64 addresses per block).
+        #[arg(long, default_value_t = 122, value_name = "N")]
         block_size6: u8,
+        /// Data plane: routed (plain L3 routes, hosts on one L2 segment), vxlan (overlay
+        /// between all hosts), vxlan-crosssubnet (routes within a subnet, VXLAN across).
         #[arg(long, value_parser = ["routed", "vxlan", "vxlan-crosssubnet"])]
         mode: String,
-        #[arg(long, default_value_t = 1)]
+        /// VXLAN network identifier of the overlay (vxlan modes; ignored by routed).
+        #[arg(long, default_value_t = 1, value_name = "N")]
         vni: u32,
         /// Do not masquerade pod traffic leaving the pools.
         #[arg(long)]
@@ -92,15 +105,16 @@ enum IpamCmd {
 
 #[derive(Subcommand)]
 enum NodeCmd {
+    /// List nodes: underlay address, alive (agent lease), routes, addresses, blocks, and
+    /// any routing problem agents report.
     Ls,
     /// Remove a node: release its addresses, delete its blocks and its record.
-    Rm {
-        name: String,
-    },
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
 enum BlockCmd {
+    /// List blocks: owner node, addresses used, capacity.
     Ls,
 }
 
@@ -149,9 +163,9 @@ type Res = Result<(String, Value), String>;
 async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
     let etcd = Etcd::connect(cfg).await;
     if let (Cmd::Status, Err(e)) = (&cli.command, &etcd) {
-        return Err(unreachable_status(cli, cfg, e));
+        return Err(unreachable_status(cli, cfg, e, etcd_error(cli, e)));
     }
-    let mut etcd = etcd.map_err(|e| e.to_string())?;
+    let mut etcd = etcd.map_err(|e| etcd_error(cli, &e))?;
     match &cli.command {
         Cmd::Init {
             pool,
@@ -195,7 +209,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             };
             admin::init(&mut etcd, &config, *force)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             let text = format!(
                 "initialised: mode {}, pools {}\n",
                 mode.as_str(),
@@ -213,7 +227,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let snap = admin::snapshot(&mut etcd)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             Ok(ipam_show(&snap))
         }
         Cmd::Ipam {
@@ -221,7 +235,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let report = admin::gc(&mut etcd, node.as_deref(), None)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             Ok(gc_report(&report))
         }
         Cmd::Node {
@@ -229,7 +243,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let snap = admin::snapshot(&mut etcd)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             Ok(node_table(&snap))
         }
         Cmd::Node {
@@ -237,7 +251,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let report = admin::node_rm(&mut etcd, name)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             let (text, value) = gc_report(&report);
             Ok((format!("node {name} removed\n{text}"), value))
         }
@@ -246,7 +260,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             let snap = admin::snapshot(&mut etcd)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| cluster_error(cli, &e))?;
             let mut text = format!(
                 "{:<28} {:<20} {:>6} {:>9}\n",
                 "BLOCK", "NODE", "USED", "CAPACITY"
@@ -267,7 +281,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         Cmd::Status => {
             let snap = match admin::snapshot(&mut etcd).await {
                 Ok(s) => s,
-                Err(e) => return Err(unreachable_status(cli, cfg, &e)),
+                Err(e) => return Err(unreachable_status(cli, cfg, &e, cluster_error(cli, &e))),
             };
             let value = json!({
                 "etcd": "ok",
@@ -300,15 +314,35 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
     }
 }
 
+/// The one-line message; with `--verbose`, the full underlying error on the next line.
+fn etcd_error(cli: &Cli, e: &reef_etcd::Error) -> String {
+    match e.detail() {
+        Some(detail) if cli.verbose => format!("{e}\n  detail: {detail}"),
+        _ => e.to_string(),
+    }
+}
+
+fn cluster_error(cli: &Cli, e: &ClusterError) -> String {
+    match e {
+        ClusterError::Etcd(inner) => etcd_error(cli, inner),
+        other => other.to_string(),
+    }
+}
+
 /// `status` must still report when etcd is down: print the JSON document (with the error)
-/// for `--output json`, and fail.
-fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: &dyn std::fmt::Display) -> String {
+/// for `--output json`, and fail with `message`.
+fn unreachable_status(
+    cli: &Cli,
+    cfg: &EtcdConfig,
+    e: &dyn std::fmt::Display,
+    message: String,
+) -> String {
     if cli.output == Output::Json {
         let doc = json!({"etcd": e.to_string(), "endpoints": cfg.endpoints.join(","),
                          "initialised": Value::Null});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
-    e.to_string()
+    message
 }
 
 /// Every node: underlay address, whether its agent is alive (lease), the routes the agent
