@@ -14,6 +14,11 @@
 //! dies however it dies, and a recycled PID cannot fake it. An entry is created under a
 //! temporary name and renamed into place with `RENAME_NOREPLACE`, so a name is claimed
 //! atomically and never by a half-written entry.
+//!
+//! Nobody but its creator touches an entry under construction (`.new-NAME-PID-START`) while
+//! that creator lives: its lock file only ever appears already locked (it is locked under
+//! another name, then renamed to `lock`), so a free lock proves the creator is gone; before the
+//! lock is in place, the creator's PID and start time in the directory's name decide.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -30,8 +35,12 @@ use serde_json::{Map, Value};
 
 use crate::cli::PortMapping;
 use crate::error::{Context, Error, Result};
+use crate::sys;
 
 pub const DEFAULT_STATE_DIR: &str = "/run/reef";
+
+/// Prefix of an entry under construction: `.new-NAME-PID-START`, after its creator.
+const NEW_PREFIX: &str = ".new-";
 
 /// What reef-run records about a container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,25 +140,29 @@ impl StateDir {
     pub fn create(&self, state: State) -> Result<Entry> {
         let base = self.containers();
         fs::create_dir_all(&base).ctx(|| format!("create state directory {}", base.display()))?;
-        let tmp = base.join(format!(".new-{}-{}", state.name, std::process::id()));
+        let pid = std::process::id() as i32;
+        let start = sys::proc_start_time(pid).unwrap_or(0);
+        let tmp = base.join(format!("{NEW_PREFIX}{}-{pid}-{start}", state.name));
+        // Only an earlier process with our PID (and an unknown start time) can have left it.
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).ctx(|| format!("create {}", tmp.display()))?;
-        let built = (|| {
-            let lock = lock_file(&tmp.join("lock"), true)?
-                .ok_or_else(|| Error::state(&tmp, "lock is held by another process"))?;
-            write_atomic(&tmp.join("state.json"), &state)?;
-            Ok::<_, Error>(lock)
-        })();
-        let lock = match built {
+        let lock = match place_lock(&tmp) {
             Ok(l) => l,
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp);
                 return Err(e);
             }
         };
+        // From here on the lock is held until the temporary directory is gone: a lister
+        // never sees it free while we are alive.
+        if let Err(e) = write_atomic(&tmp.join("state.json"), &state) {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
         let dir = self.entry_dir(&state.name);
         if let Err(e) = rename_noreplace(&tmp, &dir) {
             let _ = fs::remove_dir_all(&tmp);
+            drop(lock);
             if e.raw_os_error() == Some(libc::EEXIST) || e.raw_os_error() == Some(libc::ENOTEMPTY) {
                 return Err(self.name_in_use(&state.name));
             }
@@ -190,11 +203,7 @@ impl StateDir {
         // The entry may have been removed (and even re-created) between our open and flock:
         // the lock we hold must be the one at the path now.
         if let Some(l) = &lock {
-            let same = match (l.metadata(), fs::metadata(&lock_path)) {
-                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-                _ => false,
-            };
-            if !same {
+            if !is_at(l, &lock_path) {
                 return Ok(None);
             }
         }
@@ -202,8 +211,8 @@ impl StateDir {
         Ok(Some(Found { dir, state, lock }))
     }
 
-    /// Every entry, sorted by name. Temporary entries of a reef-run killed while claiming
-    /// its name are removed on the way.
+    /// Every entry, sorted by name. Temporary entries of a reef-run that died while claiming
+    /// its name are removed on the way; those of a live one are left alone.
     pub fn list(&self) -> Result<Vec<Found>> {
         let base = self.containers();
         let rd = match fs::read_dir(&base) {
@@ -218,11 +227,8 @@ impl StateDir {
         names.sort();
         let mut out = Vec::new();
         for name in names {
-            if name.starts_with(".new-") {
-                let tmp = base.join(&name);
-                if let Ok(Some(_free)) = lock_file(&tmp.join("lock"), false) {
-                    let _ = fs::remove_dir_all(&tmp);
-                }
+            if let Some(creator) = name.strip_prefix(NEW_PREFIX) {
+                reap_if_abandoned(&base.join(&name), creator);
                 continue;
             }
             // One broken entry must not hide the others.
@@ -248,6 +254,52 @@ impl Entry {
     /// Removes the entry (its netns mount must be gone already) and releases the name.
     pub fn remove(self) -> Result<()> {
         remove_entry_dir(&self.dir)
+    }
+}
+
+/// Removes the entry under construction `tmp` (`.new-` + `creator`) if its creator is gone.
+/// A free lock proves that (it was placed locked); with no lock yet, the creator's PID and
+/// start time, `NAME-PID-START`, decide. Anything unclear is left alone.
+fn reap_if_abandoned(tmp: &Path, creator: &str) {
+    let lock_path = tmp.join("lock");
+    let abandoned = match lock_file(&lock_path, false) {
+        // Still ours to judge only if it was not renamed away (claimed) since our open.
+        Ok(Some(l)) => is_at(&l, &lock_path),
+        Ok(None) => false,
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            let mut parts = creator.rsplitn(3, '-');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(start), Some(pid), Some(_name)) => match (pid.parse(), start.parse()) {
+                    (Ok(pid), Ok(start)) => sys::is_gone(pid, start),
+                    _ => false,
+                },
+                _ => false,
+            }
+        }
+        Err(_) => false,
+    };
+    // We hold its lock, if it has one: the creator cannot be using it.
+    if abandoned {
+        let _ = fs::remove_dir_all(tmp);
+    }
+}
+
+/// Creates `dir/lock` already locked: it is locked as `lock.new`, a name nobody else opens,
+/// then renamed into place, so a free `lock` always means its holder is gone.
+fn place_lock(dir: &Path) -> Result<Flock<File>> {
+    let new = dir.join("lock.new");
+    let lock = lock_file(&new, true)?
+        .ok_or_else(|| Error::state(&new, "lock is held by another process"))?;
+    let path = dir.join("lock");
+    fs::rename(&new, &path).ctx(|| format!("rename {} to {}", new.display(), path.display()))?;
+    Ok(lock)
+}
+
+/// Whether the locked file `l` is the one at `path` now.
+fn is_at(l: &Flock<File>, path: &Path) -> bool {
+    match (l.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
     }
 }
 
@@ -393,6 +445,33 @@ mod tests {
         assert!(sd.find("a").unwrap().is_none());
         let e = sd.create(state("a")).unwrap();
         e.remove().unwrap();
+        let _ = fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn listing_reaps_only_abandoned_entries_under_construction() {
+        let root = std::env::temp_dir().join(format!("reef-run-reap-{}", std::process::id()));
+        let sd = StateDir::new(&root);
+        let base = sd.containers();
+        fs::create_dir_all(&base).unwrap();
+        let me = std::process::id();
+        let start = sys::proc_start_time(me as i32).unwrap();
+        let new = |n: &str| {
+            let d = base.join(format!("{NEW_PREFIX}{n}"));
+            fs::create_dir(&d).unwrap();
+            d
+        };
+        // Live creators: one before placing its lock, one holding it (whatever its name says).
+        let unlocked = new(&format!("a-{me}-{start}"));
+        let locked = new("b-1-1");
+        let _held = place_lock(&locked).unwrap();
+        // Dead creators: one before placing its lock, one whose lock is free.
+        let unlocked_dead = new(&format!("c-{me}-{}", start + 1));
+        let freed = new(&format!("d-{me}-{start}"));
+        drop(place_lock(&freed).unwrap());
+        assert!(sd.list().unwrap().is_empty());
+        assert!(unlocked.exists() && locked.exists());
+        assert!(!unlocked_dead.exists() && !freed.exists());
         let _ = fs::remove_dir_all(root);
     }
 }

@@ -23,6 +23,15 @@ pub fn is_same_process(pid: i32, start: u64) -> bool {
     proc_start_time(pid) == Some(start)
 }
 
+/// Whether the process `pid` that started at `start` (0: unknown) is provably gone: /proc
+/// works here and shows no such process (PIDs are those of our PID namespace).
+pub fn is_gone(pid: i32, start: u64) -> bool {
+    match proc_start_time(pid) {
+        Some(s) => start != 0 && s != start,
+        None => proc_start_time(std::process::id() as i32).is_some(),
+    }
+}
+
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
