@@ -1,10 +1,12 @@
 //! reefctl: the operator CLI for a Reef cluster (state in etcd).
 
+mod admin;
+
+use admin::{GcReport, Snapshot};
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
-use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
 use reef_schema::{ClusterConfig, Mode, Pool};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -144,14 +146,27 @@ fn main() -> ExitCode {
     }
 }
 
-type Res = Result<(String, Value), String>;
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Etcd(#[from] reef_etcd::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    /// Flags that do not make a cluster config.
+    #[error("{0}")]
+    Usage(String),
+}
+
+type Res = Result<(String, Value), CtlError>;
 
 async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
-    let etcd = Etcd::connect(cfg).await;
-    if let (Cmd::Status, Err(e)) = (&cli.command, &etcd) {
-        return Err(unreachable_status(cli, cfg, e));
-    }
-    let mut etcd = etcd.map_err(|e| e.to_string())?;
+    let mut etcd = match Etcd::connect(cfg).await {
+        Ok(etcd) => etcd,
+        Err(e) if matches!(cli.command, Cmd::Status) => {
+            return Err(unreachable_status(cli, cfg, e.into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     match &cli.command {
         Cmd::Init {
             pool,
@@ -166,7 +181,9 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             let mut pools = Vec::new();
             if let Some(p) = pool {
                 if !p.is_ipv4() {
-                    return Err(format!("--pool {p} is not IPv4 (use --pool6)"));
+                    return Err(CtlError::Usage(format!(
+                        "--pool {p} is not IPv4 (use --pool6)"
+                    )));
                 }
                 pools.push(Pool {
                     cidr: *p,
@@ -176,7 +193,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             }
             if let Some(p) = pool6 {
                 if p.is_ipv4() {
-                    return Err(format!("--pool6 {p} is not IPv6"));
+                    return Err(CtlError::Usage(format!("--pool6 {p} is not IPv6")));
                 }
                 pools.push(Pool {
                     cidr: *p,
@@ -185,17 +202,16 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 });
             }
             if pools.is_empty() {
-                return Err("init needs --pool and/or --pool6".into());
+                return Err(CtlError::Usage("init needs --pool and/or --pool6".into()));
             }
-            let mode = Mode::parse(mode).ok_or_else(|| format!("unknown mode {mode}"))?;
+            let mode =
+                Mode::parse(mode).ok_or_else(|| CtlError::Usage(format!("unknown mode {mode}")))?;
             let config = ClusterConfig {
                 pools,
                 mode,
                 vni: *vni,
             };
-            admin::init(&mut etcd, &config, *force)
-                .await
-                .map_err(|e| e.to_string())?;
+            admin::init(&mut etcd, &config, *force).await?;
             let text = format!(
                 "initialised: mode {}, pools {}\n",
                 mode.as_str(),
@@ -211,42 +227,32 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         Cmd::Ipam {
             command: IpamCmd::Show,
         } => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| e.to_string())?;
+            let snap = admin::snapshot(&mut etcd).await?;
             Ok(ipam_show(&snap))
         }
         Cmd::Ipam {
             command: IpamCmd::Gc { node },
         } => {
-            let report = admin::gc(&mut etcd, node.as_deref(), None)
-                .await
-                .map_err(|e| e.to_string())?;
+            let report = admin::gc(&mut etcd, node.as_deref(), None).await?;
             Ok(gc_report(&report))
         }
         Cmd::Node {
             command: NodeCmd::Ls,
         } => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| e.to_string())?;
+            let snap = admin::snapshot(&mut etcd).await?;
             Ok(node_table(&snap))
         }
         Cmd::Node {
             command: NodeCmd::Rm { name },
         } => {
-            let report = admin::node_rm(&mut etcd, name)
-                .await
-                .map_err(|e| e.to_string())?;
+            let report = admin::node_rm(&mut etcd, name).await?;
             let (text, value) = gc_report(&report);
             Ok((format!("node {name} removed\n{text}"), value))
         }
         Cmd::Block {
             command: BlockCmd::Ls,
         } => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| e.to_string())?;
+            let snap = admin::snapshot(&mut etcd).await?;
             let mut text = format!(
                 "{:<28} {:<20} {:>6} {:>9}\n",
                 "BLOCK", "NODE", "USED", "CAPACITY"
@@ -267,7 +273,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         Cmd::Status => {
             let snap = match admin::snapshot(&mut etcd).await {
                 Ok(s) => s,
-                Err(e) => return Err(unreachable_status(cli, cfg, &e)),
+                Err(e) => return Err(unreachable_status(cli, cfg, e.into())),
             };
             let value = json!({
                 "etcd": "ok",
@@ -302,13 +308,13 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
 
 /// `status` must still report when etcd is down: print the JSON document (with the error)
 /// for `--output json`, and fail.
-fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: &dyn std::fmt::Display) -> String {
+fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: CtlError) -> CtlError {
     if cli.output == Output::Json {
         let doc = json!({"etcd": e.to_string(), "endpoints": cfg.endpoints.join(","),
                          "initialised": Value::Null});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
-    e.to_string()
+    e
 }
 
 /// Every node: underlay address, whether its agent is alive (lease), the routes the agent
