@@ -12,7 +12,6 @@
 //!   handle, so a retried DEL with a stale `prevResult` cannot free someone else's address.
 //!
 //! Correctness never depends on the cache or on the local lock: etcd's compares decide.
-
 //!
 //! One job per module: [`config`] (the `ipam` section), [`error`], [`allocate`] (ADD),
 //! [`release`] (DEL, GC, and releasing any node's handle for reefctl), [`cache`].
@@ -39,7 +38,7 @@ use std::path::PathBuf;
 
 /// How often one operation may lose a compare race before giving up (each loss means another
 /// writer made progress, so this bounds only pathological contention).
-pub const MAX_ATTEMPTS: usize = 32;
+const MAX_ATTEMPTS: usize = 32;
 
 pub struct ClusterStore {
     etcd: Etcd,
