@@ -2,8 +2,7 @@
 //! concern (routes here, [`vxlan`] for the overlay's FDB, neighbours and onlink routes,
 //! [`nat`] for natOutgoing). Nothing here touches the kernel, so all of it is unit-tested.
 //!
-//! Routes:
-//! Routed mode (Calico without BGP, flannel host-gw): every other node's blocks via that
+//! Routes, routed mode (Calico without BGP, flannel host-gw): every other node's blocks via that
 //! node's underlay address; a /32 (/128) for each address another node borrowed; a blackhole
 //! for each of our own blocks, so a packet for an unused address of our block is dropped here
 //! instead of following the default route back out. Our own pods' /32s are the CNI plugin's.
