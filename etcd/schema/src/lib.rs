@@ -17,6 +17,10 @@
 //! allocators on any number of hosts never hand out one address twice, and a crash can only
 //! leave whole records (an allocation and its handle are written together).
 
+mod codec;
+
+pub use codec::{decode, encode, DecodeError};
+
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -1,12 +1,16 @@
 //! reef-agent: the per-host daemon of a Reef cluster. It registers the node, keeps a lease as
-//! its heartbeat, watches the cluster state in etcd and programs the kernel to match it.
+//! its heartbeat, watches the cluster state in etcd and programs the kernel to match it, one
+//! manager per concern (see [`managers`]).
 
 pub mod log;
 
 pub mod agent;
-pub mod backend;
 pub mod desired;
-pub mod kernel;
+pub mod error;
+pub mod managers;
 pub mod nat;
+pub mod problem;
+pub mod reconcile;
 pub mod registry;
+pub mod underlay;
 pub mod view;

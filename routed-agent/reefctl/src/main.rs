@@ -1,14 +1,15 @@
 //! reefctl: the operator CLI for a Reef cluster (state in etcd).
 
+mod admin;
+mod show;
+
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
-use reef_ipam::cluster::admin::{self, GcReport, Snapshot};
-use reef_ipam::cluster::ClusterError;
 use reef_schema::{ClusterConfig, Mode, Pool};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use show::{gc_report, ipam_show, node_table, num};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -118,13 +119,6 @@ enum BlockCmd {
     Ls,
 }
 
-/// A count as a JSON number when it fits (IPv6 pools can exceed u64).
-fn num(n: u128) -> Value {
-    u64::try_from(n)
-        .map(Value::from)
-        .unwrap_or_else(|_| Value::from(n.to_string()))
-}
-
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("reefctl: {msg}");
     ExitCode::FAILURE
@@ -154,18 +148,52 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e),
+        Err(e) => fail(describe(&cli, &e)),
     }
 }
 
-type Res = Result<(String, Value), String>;
+/// The one-line message; with `--verbose`, the full underlying etcd error on the next line.
+fn describe(cli: &Cli, e: &CtlError) -> String {
+    match e.etcd().and_then(reef_etcd::Error::detail) {
+        Some(detail) if cli.verbose => format!("{e}\n  detail: {detail}"),
+        _ => e.to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Etcd(#[from] reef_etcd::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    /// Flags that do not make a cluster config.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl CtlError {
+    /// The etcd error underneath, wherever it surfaced.
+    fn etcd(&self) -> Option<&reef_etcd::Error> {
+        match self {
+            CtlError::Etcd(e) | CtlError::Admin(admin::AdminError::Etcd(e)) => Some(e),
+            CtlError::Admin(admin::AdminError::Ipam(reef_ipam::cluster::ClusterError::Etcd(e))) => {
+                Some(e)
+            }
+            _ => None,
+        }
+    }
+}
+
+type Res = Result<(String, Value), CtlError>;
 
 async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
-    let etcd = Etcd::connect(cfg).await;
-    if let (Cmd::Status, Err(e)) = (&cli.command, &etcd) {
-        return Err(unreachable_status(cli, cfg, e, etcd_error(cli, e)));
-    }
-    let mut etcd = etcd.map_err(|e| etcd_error(cli, &e))?;
+    let mut etcd = match Etcd::connect(cfg).await {
+        Ok(etcd) => etcd,
+        Err(e) if matches!(cli.command, Cmd::Status) => {
+            return Err(unreachable_status(cli, cfg, e.into()))
+        }
+        Err(e) => return Err(e.into()),
+    };
     match &cli.command {
         Cmd::Init {
             pool,
@@ -180,7 +208,9 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             let mut pools = Vec::new();
             if let Some(p) = pool {
                 if !p.is_ipv4() {
-                    return Err(format!("--pool {p} is not IPv4 (use --pool6)"));
+                    return Err(CtlError::Usage(format!(
+                        "--pool {p} is not IPv4 (use --pool6)"
+                    )));
                 }
                 pools.push(Pool {
                     cidr: *p,
@@ -190,7 +220,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             }
             if let Some(p) = pool6 {
                 if p.is_ipv4() {
-                    return Err(format!("--pool6 {p} is not IPv6"));
+                    return Err(CtlError::Usage(format!("--pool6 {p} is not IPv6")));
                 }
                 pools.push(Pool {
                     cidr: *p,
@@ -199,17 +229,16 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 });
             }
             if pools.is_empty() {
-                return Err("init needs --pool and/or --pool6".into());
+                return Err(CtlError::Usage("init needs --pool and/or --pool6".into()));
             }
-            let mode = Mode::parse(mode).ok_or_else(|| format!("unknown mode {mode}"))?;
+            let mode =
+                Mode::parse(mode).ok_or_else(|| CtlError::Usage(format!("unknown mode {mode}")))?;
             let config = ClusterConfig {
                 pools,
                 mode,
                 vni: *vni,
             };
-            admin::init(&mut etcd, &config, *force)
-                .await
-                .map_err(|e| cluster_error(cli, &e))?;
+            admin::init(&mut etcd, &config, *force).await?;
             let text = format!(
                 "initialised: mode {}, pools {}\n",
                 mode.as_str(),
@@ -225,42 +254,32 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         Cmd::Ipam {
             command: IpamCmd::Show,
         } => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| cluster_error(cli, &e))?;
+            let snap = admin::snapshot(&mut etcd).await?;
             Ok(ipam_show(&snap))
         }
         Cmd::Ipam {
             command: IpamCmd::Gc { node },
         } => {
-            let report = admin::gc(&mut etcd, node.as_deref(), None)
-                .await
-                .map_err(|e| cluster_error(cli, &e))?;
+            let report = admin::gc(&mut etcd, node.as_deref(), None).await?;
             Ok(gc_report(&report))
         }
         Cmd::Node {
             command: NodeCmd::Ls,
         } => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| cluster_error(cli, &e))?;
+            let snap = admin::snapshot(&mut etcd).await?;
             Ok(node_table(&snap))
         }
         Cmd::Node {
             command: NodeCmd::Rm { name },
         } => {
-            let report = admin::node_rm(&mut etcd, name)
-                .await
-                .map_err(|e| cluster_error(cli, &e))?;
+            let report = admin::node_rm(&mut etcd, name).await?;
             let (text, value) = gc_report(&report);
             Ok((format!("node {name} removed\n{text}"), value))
         }
         Cmd::Block {
             command: BlockCmd::Ls,
         } => {
-            let snap = admin::snapshot(&mut etcd)
-                .await
-                .map_err(|e| cluster_error(cli, &e))?;
+            let snap = admin::snapshot(&mut etcd).await?;
             let mut text = format!(
                 "{:<28} {:<20} {:>6} {:>9}\n",
                 "BLOCK", "NODE", "USED", "CAPACITY"
@@ -281,7 +300,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         Cmd::Status => {
             let snap = match admin::snapshot(&mut etcd).await {
                 Ok(s) => s,
-                Err(e) => return Err(unreachable_status(cli, cfg, &e, cluster_error(cli, &e))),
+                Err(e) => return Err(unreachable_status(cli, cfg, e.into())),
             };
             let value = json!({
                 "etcd": "ok",
@@ -314,206 +333,13 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
     }
 }
 
-/// The one-line message; with `--verbose`, the full underlying error on the next line.
-fn etcd_error(cli: &Cli, e: &reef_etcd::Error) -> String {
-    match e.detail() {
-        Some(detail) if cli.verbose => format!("{e}\n  detail: {detail}"),
-        _ => e.to_string(),
-    }
-}
-
-fn cluster_error(cli: &Cli, e: &ClusterError) -> String {
-    match e {
-        ClusterError::Etcd(inner) => etcd_error(cli, inner),
-        other => other.to_string(),
-    }
-}
-
 /// `status` must still report when etcd is down: print the JSON document (with the error)
-/// for `--output json`, and fail with `message`.
-fn unreachable_status(
-    cli: &Cli,
-    cfg: &EtcdConfig,
-    e: &dyn std::fmt::Display,
-    message: String,
-) -> String {
+/// for `--output json`, and fail.
+fn unreachable_status(cli: &Cli, cfg: &EtcdConfig, e: CtlError) -> CtlError {
     if cli.output == Output::Json {
         let doc = json!({"etcd": e.to_string(), "endpoints": cfg.endpoints.join(","),
                          "initialised": Value::Null});
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
-    message
-}
-
-/// Every node: underlay address, whether its agent is alive (lease), the routes the agent
-/// reports having programmed, its blocks, and any routing problem agents report about it.
-fn node_table(snap: &Snapshot) -> (String, Value) {
-    let mut text = format!(
-        "{:<20} {:<20} {:<6} {:>6} {:>9}  BLOCKS\n",
-        "NODE", "ADDRESS", "ALIVE", "ROUTES", "ADDRESSES"
-    );
-    let mut rows = Vec::new();
-    let mut problems_text = String::new();
-    for n in &snap.nodes {
-        let blocks: Vec<String> = snap
-            .blocks
-            .iter()
-            .filter(|(_, _, b)| &b.node == n)
-            .map(|(_, _, b)| b.cidr.to_string())
-            .collect();
-        let addrs = snap
-            .handles
-            .iter()
-            .filter(|(_, h)| &h.node == n)
-            .map(|(_, h)| h.ips.len())
-            .sum::<usize>();
-        let address = snap.node_records.get(n).and_then(|r| r.address);
-        let agent = snap.agents.get(n);
-        // Problems any live agent reports about this node (e.g. unreachable next hop), and
-        // this node's own agent's problems.
-        let mut problems = serde_json::Map::new();
-        for (reporter, st) in &snap.agents {
-            for (about, why) in &st.problems {
-                if about == n || reporter == n {
-                    let k = if reporter == n {
-                        about.clone()
-                    } else {
-                        format!("seen from {reporter}")
-                    };
-                    problems_text.push_str(&format!("  {n}: {k}: {why}\n"));
-                    problems.insert(k, Value::from(why.clone()));
-                }
-            }
-        }
-        text.push_str(&format!(
-            "{n:<20} {:<20} {:<6} {:>6} {addrs:>9}  {}\n",
-            address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            if agent.is_some() { "yes" } else { "no" },
-            agent
-                .map(|a| a.routes.to_string())
-                .unwrap_or_else(|| "-".into()),
-            blocks.join(",")
-        ));
-        rows.push(json!({
-            "name": n,
-            "address": address.map(|a| a.to_string()),
-            "alive": agent.is_some(),
-            "routes": agent.map(|a| a.routes),
-            "mode": agent.map(|a| a.mode.clone()),
-            "blocks": blocks,
-            "addresses": addrs,
-            "problems": problems,
-        }));
-    }
-    if !problems_text.is_empty() {
-        text.push_str("PROBLEMS\n");
-        text.push_str(&problems_text);
-    }
-    (text, Value::Array(rows))
-}
-
-fn ipam_show(snap: &Snapshot) -> (String, Value) {
-    let mut text = String::new();
-    let mut pools = Vec::new();
-    if let Some(c) = &snap.config {
-        text.push_str("POOLS\n");
-        for p in &c.pools {
-            let blocks: Vec<_> = snap
-                .blocks
-                .iter()
-                .filter(|(_, _, b)| p.cidr.contains(b.cidr.network()))
-                .collect();
-            let capacity: u128 = blocks.iter().map(|(_, _, b)| b.capacity()).sum();
-            let used: usize = blocks.iter().map(|(_, _, b)| b.allocations.len()).sum();
-            text.push_str(&format!(
-                "  {:<24} /{} blocks: {} claimed of {}, {used} of {capacity} addresses in claimed blocks used\n",
-                p.cidr.to_string(),
-                p.block_prefix,
-                blocks.len(),
-                p.block_count()
-            ));
-            pools.push(json!({"cidr": p.cidr.to_string(), "blockPrefix": p.block_prefix, "blocks": blocks.len(),
-                              "capacity": num(capacity), "used": used}));
-        }
-    } else {
-        text.push_str("cluster not initialised (run reefctl init)\n");
-    }
-    let mut by_node: BTreeMap<&str, Vec<&reef_schema::Block>> = BTreeMap::new();
-    for n in &snap.nodes {
-        by_node.entry(n.as_str()).or_default();
-    }
-    for (_, _, b) in &snap.blocks {
-        by_node.entry(b.node.as_str()).or_default().push(b);
-    }
-    let mut nodes = Vec::new();
-    text.push_str("NODES\n");
-    for (node, blocks) in &by_node {
-        let used: usize = snap
-            .handles
-            .iter()
-            .filter(|(_, h)| h.node == *node)
-            .map(|(_, h)| h.ips.len())
-            .sum();
-        text.push_str(&format!("  {node}: {used} addresses\n"));
-        let mut rows = Vec::new();
-        for b in blocks {
-            let lent = b
-                .allocations
-                .values()
-                .filter(|a| a.borrowed_by.is_some())
-                .count();
-            text.push_str(&format!(
-                "    {:<28} {:>4}/{:<4} used{}\n",
-                b.cidr.to_string(),
-                b.allocations.len(),
-                b.capacity(),
-                if lent > 0 {
-                    format!(" ({lent} borrowed by other nodes)")
-                } else {
-                    String::new()
-                }
-            ));
-            rows.push(
-                json!({"cidr": b.cidr.to_string(), "capacity": num(b.capacity()),
-                             "used": b.allocations.len(), "borrowedOut": lent}),
-            );
-        }
-        nodes.push(json!({"name": node, "blocks": rows, "used": used}));
-    }
-    let mut borrowed = Vec::new();
-    if !snap.borrowed.is_empty() {
-        text.push_str("BORROWED\n");
-    }
-    for (ip, rec) in &snap.borrowed {
-        let owner = snap
-            .blocks
-            .iter()
-            .find(|(_, _, b)| b.cidr == rec.block)
-            .map(|(_, _, b)| b.node.clone())
-            .unwrap_or_default();
-        text.push_str(&format!(
-            "  {ip} used by {} from block {} of {owner}\n",
-            rec.node, rec.block
-        ));
-        borrowed.push(json!({"ip": ip.to_string(), "node": rec.node, "block": rec.block.to_string(), "blockNode": owner}));
-    }
-    let value = json!({"pools": pools, "nodes": nodes, "borrowed": borrowed, "handles": snap.handles.len()});
-    (text, value)
-}
-
-fn gc_report(r: &GcReport) -> (String, Value) {
-    let text = format!(
-        "released {} handles ({} addresses), {} orphan allocations, {} empty blocks\n",
-        r.released_handles.len(),
-        r.released_ips.len(),
-        r.orphan_allocations.len(),
-        r.released_blocks.len()
-    );
-    let value = json!({
-        "releasedHandles": r.released_handles,
-        "releasedIps": r.released_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-        "releasedBlocks": r.released_blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-        "orphanAllocations": r.orphan_allocations.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-    });
-    (text, value)
+    e
 }

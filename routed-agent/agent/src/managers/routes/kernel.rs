@@ -3,6 +3,9 @@
 //! operator's, DHCP's) and never touches those.
 
 use crate::desired::{Desired, Target};
+use crate::managers::diff::diff;
+use crate::managers::Outcome;
+use crate::problem::Problem;
 use ipnetwork::IpNetwork;
 use reef_netlink::{Netlink, RouteKind, RouteSpec};
 use std::collections::BTreeMap;
@@ -10,19 +13,6 @@ use std::collections::BTreeMap;
 /// `rtm_protocol` of every route reef-agent programs (`ip route show proto 201`). Unassigned
 /// in iproute2's rt_protos (BGP daemons use 186–192, Calico's BIRD 12).
 pub const RTPROT_REEF: u8 = 201;
-
-/// What the last apply left behind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    pub added: usize,
-    pub removed: usize,
-    /// Routes programmed now.
-    pub routes: usize,
-    /// Nodes whose routes failed or cannot be computed, with why.
-    pub problems: BTreeMap<String, String>,
-    /// This node's VTEP (MAC, address) when an overlay backend runs: published in its record.
-    pub vtep: Option<(String, std::net::IpAddr)>,
-}
 
 pub struct RouteProgrammer {
     nl: Netlink,
@@ -45,14 +35,14 @@ fn spec(dst: IpNetwork, t: Target) -> RouteSpec {
     s
 }
 
-fn explain(e: &reef_netlink::Error, t: Target) -> String {
-    match (e.errno(), t) {
+fn explain(e: &reef_netlink::Error, t: Target) -> Problem {
+    Problem::Route(match (e.errno(), t) {
         (Some(libc::ENETUNREACH), Target::Via(gw)) => format!(
             "next hop {gw} is not on a directly connected network: routed mode needs the nodes \
              on one L2 segment (use mode vxlan or vxlan-crosssubnet across subnets)"
         ),
         _ => e.to_string(),
-    }
+    })
 }
 
 impl RouteProgrammer {
@@ -65,7 +55,7 @@ impl RouteProgrammer {
 
     /// Re-reads what the kernel holds with our protocol number (after a restart, or to undo
     /// someone else's edits), then applies the difference to `desired`.
-    pub async fn full_sync(&mut self, desired: &Desired) -> reef_netlink::Result<Report> {
+    pub async fn full_sync(&mut self, desired: &Desired) -> reef_netlink::Result<Outcome> {
         let mut have = BTreeMap::new();
         for v6 in [false, true] {
             for r in self.nl.routes_by_protocol(v6, RTPROT_REEF).await? {
@@ -88,57 +78,85 @@ impl RouteProgrammer {
 
     /// Changes only what differs between what we programmed and `desired`. A route that adds
     /// the same destination with another next hop is replaced in one request (no gap).
-    pub async fn apply(&mut self, desired: &Desired) -> Report {
-        let mut report = Report {
+    pub async fn apply(&mut self, desired: &Desired) -> Outcome {
+        let mut outcome = Outcome {
             problems: desired.problems.clone(),
-            ..Report::default()
+            ..Outcome::default()
         };
-        let stale: Vec<(IpNetwork, Target)> = self
-            .programmed
-            .iter()
-            .filter(|(dst, _)| !desired.routes.contains_key(dst))
-            .map(|(d, t)| (*d, *t))
-            .collect();
-        for (dst, t) in stale {
+        let want: BTreeMap<IpNetwork, Target> =
+            desired.routes.iter().map(|(d, w)| (*d, w.target)).collect();
+        let changes = diff(&self.programmed, &want);
+        for (dst, t) in changes.stale {
             match self.nl.delete_route(&spec(dst, t)).await {
                 Ok(_) => {
                     self.programmed.remove(&dst);
-                    report.removed += 1;
                     crate::info!("route removed", dst = dst, target = format!("{t:?}"));
                 }
                 Err(e) => crate::warn!("route removal failed", dst = dst, error = e),
             }
         }
-        for (dst, w) in &desired.routes {
-            if self.programmed.get(dst) == Some(&w.target) {
-                continue;
-            }
-            match self.nl.replace_route(&spec(*dst, w.target)).await {
+        for (dst, target) in changes.set {
+            let node = desired
+                .routes
+                .get(&dst)
+                .map(|w| w.node.as_str())
+                .unwrap_or_default();
+            match self.nl.replace_route(&spec(dst, target)).await {
                 Ok(()) => {
-                    self.programmed.insert(*dst, w.target);
-                    report.added += 1;
+                    self.programmed.insert(dst, target);
                     crate::info!(
                         "route programmed",
                         dst = dst,
-                        target = format!("{:?}", w.target),
-                        node = w.node
+                        target = format!("{target:?}"),
+                        node = node
                     );
                 }
                 Err(e) => {
-                    let why = explain(&e, w.target);
-                    crate::warn!("route failed", dst = dst, node = w.node, error = why);
+                    let why = explain(&e, target);
+                    crate::warn!("route failed", dst = dst, node = node, error = why);
                     // Whatever we had for it may still be there (a failed replace leaves the
                     // old route); forget it so the next apply tries again.
-                    self.programmed.remove(dst);
-                    report.problems.insert(w.node.clone(), why);
+                    self.programmed.remove(&dst);
+                    outcome.problems.insert(node.to_string(), why);
                 }
             }
         }
-        report.routes = self.programmed.len();
-        report
+        outcome.routes = self.programmed.len();
+        outcome
     }
 
     pub fn programmed(&self) -> usize {
         self.programmed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_carry_reef_protocol_and_target() {
+        let dst: IpNetwork = "10.0.0.0/26".parse().unwrap();
+        let s = spec(dst, Target::Blackhole);
+        assert_eq!(s.protocol, Some(RTPROT_REEF));
+        assert!(matches!(s.kind, RouteKind::Blackhole));
+        let via = "10.0.0.64".parse().unwrap();
+        let s = spec(dst, Target::Onlink { via, dev: 7 });
+        assert_eq!((s.gw, s.oif, s.onlink), (Some(via), Some(7), true));
+    }
+
+    #[test]
+    fn unreachable_next_hops_are_explained() {
+        let e = reef_netlink::Error::Io {
+            context: "add route".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENETUNREACH),
+        };
+        let p = explain(&e, Target::Via("198.18.2.1".parse().unwrap()));
+        assert!(
+            p.to_string()
+                .contains("not on a directly connected network"),
+            "{p}"
+        );
+        assert!(p.retry());
     }
 }

@@ -1,10 +1,16 @@
-//! Desired routes: a pure function of the cluster view and the node the agent runs on.
+//! Desired state: pure functions of the cluster view and the node the agent runs on, one per
+//! concern (routes here, [`vxlan`] for the overlay's FDB, neighbours and onlink routes,
+//! [`nat`] for natOutgoing). Nothing here touches the kernel, so all of it is unit-tested.
 //!
-//! Routed mode (Calico without BGP, flannel host-gw): every other node's blocks via that
+//! Routes, routed mode (Calico without BGP, flannel host-gw): every other node's blocks via that
 //! node's underlay address; a /32 (/128) for each address another node borrowed; a blackhole
 //! for each of our own blocks, so a packet for an unused address of our block is dropped here
 //! instead of following the default route back out. Our own pods' /32s are the CNI plugin's.
 
+pub mod nat;
+pub mod vxlan;
+
+use crate::problem::Problem;
 use crate::view::ClusterView;
 use ipnetwork::IpNetwork;
 use std::collections::BTreeMap;
@@ -33,16 +39,16 @@ pub struct Wanted {
 pub struct Desired {
     pub routes: BTreeMap<IpNetwork, Wanted>,
     /// Nodes that cannot be routed to, and why.
-    pub problems: BTreeMap<String, String>,
+    pub problems: BTreeMap<String, Problem>,
 }
 
-fn host_net(ip: IpAddr) -> IpNetwork {
+pub(crate) fn host_net(ip: IpAddr) -> IpNetwork {
     let p = if ip.is_ipv4() { 32 } else { 128 };
     IpNetwork::new(ip, p).unwrap_or_else(|_| IpNetwork::from(ip))
 }
 
 /// How to reach one remote node's addresses; None (with a reason) if it can't be reached.
-pub type NextHop<'a> = dyn Fn(&str, bool) -> Result<Target, String> + 'a;
+pub type NextHop<'a> = dyn Fn(&str, bool) -> Result<Target, Problem> + 'a;
 
 /// The routes for `me`, with `next_hop(node, v4)` choosing how to reach a remote node.
 pub fn compute(view: &ClusterView, me: &str, next_hop: &NextHop<'_>) -> Desired {
@@ -84,18 +90,12 @@ pub fn compute(view: &ClusterView, me: &str, next_hop: &NextHop<'_>) -> Desired 
 }
 
 /// Routed mode's next hop: the remote node's underlay address, same family as the route.
-pub fn routed_next_hop(view: &ClusterView) -> impl Fn(&str, bool) -> Result<Target, String> + '_ {
+pub fn routed_next_hop(view: &ClusterView) -> impl Fn(&str, bool) -> Result<Target, Problem> + '_ {
     move |node, v4| {
-        let Some(rec) = view.nodes.get(node) else {
-            return Err("node is not registered (removed, or its blocks outlived it)".into());
-        };
-        let Some(addr) = rec.address else {
-            return Err("node has no underlay address yet (its reef-agent never ran)".into());
-        };
+        let rec = view.nodes.get(node).ok_or(Problem::NotRegistered)?;
+        let addr = rec.address.ok_or(Problem::NoUnderlay)?;
         if addr.is_ipv4() != v4 {
-            return Err(format!(
-                "node's underlay address {addr} is of the other family than its block"
-            ));
+            return Err(Problem::FamilyMismatch(addr));
         }
         Ok(Target::Via(addr.ip()))
     }
@@ -156,7 +156,7 @@ mod tests {
                 "10.0.0.64/26 Via(198.18.1.3)",
             ]
         );
-        assert!(d.problems["c"].contains("no underlay address"));
+        assert!(d.problems["c"].to_string().contains("no underlay address"));
     }
 
     #[test]

@@ -1,0 +1,29 @@
+//! The agent's errors: what ends the whole process ([`AgentError`]) and what ends one etcd
+//! session ([`SessionError`]; the loop reconnects and resyncs, the kernel keeps its state).
+
+use crate::managers::ManagerError;
+use crate::underlay::UnderlayError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Underlay(#[from] UnderlayError),
+    #[error(transparent)]
+    Netlink(#[from] reef_netlink::Error),
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// etcd failed or went away (connect, list, watch, node record).
+    #[error(transparent)]
+    Etcd(#[from] reef_etcd::Error),
+    /// A manager could not reach the kernel at all (not a per-node problem).
+    #[error("{manager}: {source}")]
+    Manager {
+        manager: &'static str,
+        #[source]
+        source: ManagerError,
+    },
+}

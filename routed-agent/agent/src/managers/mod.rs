@@ -1,0 +1,94 @@
+//! One manager per data-plane concern, as Calico's Felix has: each pairs a pure desired-state
+//! function ([`crate::desired`]) with a kernel programmer that remembers what it programmed
+//! and changes only the difference. The reconcile loop ([`crate::reconcile`]) runs the list
+//! [`for_node`] builds, in order, on every relevant change and on every resync:
+//!
+//! 1. [`nat::NatManager`]: natOutgoing (one nftables table, replaced when the pools change);
+//! 2. [`routes::RoutesManager`]: routes between nodes, through the routed or a VXLAN backend.
+//!
+//! Services (virtual IPs to endpoints) and network policy are the next two concerns: each
+//! becomes a module here with a desired-state function in `desired/` and an entry in
+//! [`for_node`]; the loop needs no change.
+
+pub mod diff;
+pub mod nat;
+pub mod routes;
+
+use crate::problem::Problem;
+use crate::underlay::Underlay;
+use crate::view::ClusterView;
+use reef_netlink::Netlink;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+/// A failure that ends the etcd session (the loop reconnects and resyncs in full); a concern
+/// that merely could not be programmed reports a [`Problem`] in its [`Outcome`] instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Netlink(#[from] reef_netlink::Error),
+}
+
+/// What one sync left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Per node (or this node, for a local concern): what could not be programmed.
+    pub problems: BTreeMap<String, Problem>,
+    /// Routes programmed now (the routes manager).
+    pub routes: usize,
+    /// This node's VTEP (MAC, address) when an overlay runs: published in its record.
+    pub vtep: Option<(String, IpAddr)>,
+}
+
+impl Outcome {
+    /// Folds a later manager's outcome in (its problems win for the same node).
+    pub fn merge(&mut self, other: Outcome) {
+        self.problems.extend(other.problems);
+        self.routes += other.routes;
+        self.vtep = self.vtep.take().or(other.vtep);
+    }
+}
+
+pub type SyncFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome, ManagerError>> + 'a>>;
+
+/// One concern of the data plane.
+pub trait Manager {
+    fn name(&self) -> &'static str;
+
+    /// Makes the kernel match `view` for this concern: `full` re-reads the kernel first
+    /// (start, re-list, periodic resync); otherwise only the difference from the last call
+    /// is applied.
+    fn sync<'a>(&'a mut self, view: &'a ClusterView, full: bool) -> SyncFuture<'a>;
+}
+
+/// The managers of node `me`, in the order they run.
+pub fn for_node(me: &str, nl: Netlink, underlay: Underlay) -> Vec<Box<dyn Manager>> {
+    vec![
+        Box::new(nat::NatManager::new(me, nat::Nft)),
+        Box::new(routes::RoutesManager::new(me, nl, underlay)),
+        // services::ServicesManager and policy::PolicyManager plug in here.
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_problems_win_and_counts_add_up() {
+        let mut a = Outcome {
+            problems: BTreeMap::from([("n".into(), Problem::Nat("x".into()))]),
+            ..Outcome::default()
+        };
+        a.merge(Outcome {
+            problems: BTreeMap::from([("n".into(), Problem::NoVtep)]),
+            routes: 3,
+            vtep: Some(("aa:bb:cc:dd:ee:ff".into(), "10.0.0.0".parse().unwrap())),
+        });
+        assert_eq!(a.problems["n"], Problem::NoVtep);
+        assert_eq!(a.routes, 3);
+        assert!(a.vtep.is_some());
+    }
+}

@@ -1,0 +1,83 @@
+//! One reconciliation: every manager brings its concern in line with the cluster view, then
+//! the outcome is published (the agent's status: routes, problems, mode) and a changed VTEP is
+//! recorded in the node's record.
+
+use crate::agent::{now, State};
+use crate::error::SessionError;
+use crate::managers::Outcome;
+use crate::view::ClusterView;
+use crate::{info, registry};
+use reef_etcd::Etcd;
+use std::collections::BTreeMap;
+
+pub(crate) async fn reconcile(
+    st: &mut State,
+    etcd: &mut Etcd,
+    view: &ClusterView,
+    full: bool,
+) -> Result<(), SessionError> {
+    let mut outcome = Outcome::default();
+    for m in &mut st.managers {
+        let o = m
+            .sync(view, full)
+            .await
+            .map_err(|source| SessionError::Manager {
+                manager: m.name(),
+                source,
+            })?;
+        outcome.merge(o);
+    }
+    record_vtep(st, etcd, outcome.vtep.clone()).await?;
+    st.retry = outcome.problems.values().any(|p| p.retry());
+    publish(st, view, outcome);
+    Ok(())
+}
+
+/// Puts this node's VTEP (or its absence) into its record once the data plane reported it.
+async fn record_vtep(
+    st: &mut State,
+    etcd: &mut Etcd,
+    vtep: Option<(String, std::net::IpAddr)>,
+) -> Result<(), SessionError> {
+    let (vtep_mac, vtep_ip) = vtep.unzip();
+    if st.vtep_known && st.record.vtep_mac == vtep_mac && st.record.vtep_ip == vtep_ip {
+        return Ok(());
+    }
+    st.vtep_known = true;
+    st.record.vtep_mac = vtep_mac;
+    st.record.vtep_ip = vtep_ip;
+    if registry::register_node(etcd, &st.record, false).await? {
+        let vtep = st.record.vtep_ip.map(|i| i.to_string());
+        info!(
+            "node record updated",
+            vtep = vtep.unwrap_or_else(|| "none".into())
+        );
+    }
+    Ok(())
+}
+
+/// The agent's status key (sent by the heartbeat) when anything in it changed.
+fn publish(st: &State, view: &ClusterView, outcome: Outcome) {
+    let mode = view
+        .config
+        .as_ref()
+        .map(|c| c.mode.as_str())
+        .unwrap_or("uninitialised")
+        .to_string();
+    let problems: BTreeMap<String, String> = outcome
+        .problems
+        .iter()
+        .map(|(node, p)| (node.clone(), p.to_string()))
+        .collect();
+    let routes = outcome.routes;
+    st.status.send_if_modified(|s| {
+        if s.routes == routes && s.problems == problems && s.mode == mode {
+            return false;
+        }
+        s.routes = routes;
+        s.problems = problems;
+        s.mode = mode;
+        s.updated = now();
+        true
+    });
+}
