@@ -4,6 +4,7 @@
 
 use crate::cluster::{ClusterError, ClusterIpamConfig, ClusterStore};
 use crate::{Handle, IpamConfig, IpamError, LocalStore};
+use reef_cni::ipam::InProcessIpam;
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Dns, IpConfig, Plugin, Route};
 use reef_schema::WorkloadRecord;
 use serde_json::Value;
@@ -125,10 +126,14 @@ fn dns_from_resolv_conf(ipam: &Value) -> Result<Dns, CniError> {
     Ok(dns)
 }
 
-impl ReefIpam {
+impl InProcessIpam for ReefIpam {
+    fn type_name(&self) -> &str {
+        PLUGIN_TYPE
+    }
+
     /// DEL that reports what it released: exactly the addresses this attachment still held,
     /// which in-process callers use to clean up only what is theirs.
-    pub fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+    fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
         if let Some(cfg) = cluster_config(args)? {
             let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
             return with_cluster(&cfg, move |s| {
@@ -142,7 +147,7 @@ impl ReefIpam {
     }
 
     /// GC that reports the addresses it released.
-    pub fn collect_garbage(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+    fn collect_garbage(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
         let valid: HashSet<Handle> = args
             .conf
             .valid_attachments()?
@@ -165,6 +170,10 @@ impl ReefIpam {
             );
         }
         Ok(released.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    fn add_for(&self, args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, CniError> {
+        add_for(args, host_interface)
     }
 }
 
@@ -195,23 +204,30 @@ pub fn workload_of(args: &CmdArgs, host_interface: Option<&str>) -> WorkloadReco
     }
 }
 
-impl ReefIpam {
-    /// ADD; in cluster mode the workload record (see `workload_of`) is written in the same
-    /// transaction as the addresses.
-    pub fn add_for(
-        &self,
-        args: &CmdArgs,
-        host_interface: Option<&str>,
-    ) -> Result<CniResult, CniError> {
-        let section = ipam_section(args)?;
-        let routes = routes(section)?;
-        let dns = dns_from_resolv_conf(section)?;
-        let ips: Vec<IpConfig> = if let Some(cfg) = cluster_config(args)? {
-            let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
-            let workload = workload_of(args, host_interface);
-            with_cluster(&cfg, move |s| {
-                Box::pin(async move { s.allocate_for(&cid, &ifn, Some(workload)).await })
-            })?
+/// ADD; in cluster mode the workload record (see `workload_of`) is written in the same
+/// transaction as the addresses.
+fn add_for(args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, CniError> {
+    let section = ipam_section(args)?;
+    let routes = routes(section)?;
+    let dns = dns_from_resolv_conf(section)?;
+    let ips: Vec<IpConfig> = if let Some(cfg) = cluster_config(args)? {
+        let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
+        let workload = workload_of(args, host_interface);
+        with_cluster(&cfg, move |s| {
+            Box::pin(async move { s.allocate_for(&cid, &ifn, Some(workload)).await })
+        })?
+        .into_iter()
+        .map(|a| IpConfig {
+            address: a.address,
+            gateway: a.gateway,
+            interface: None,
+        })
+        .collect()
+    } else {
+        let (cfg, store) = open(args)?;
+        store
+            .allocate(&cfg, &handle(args))
+            .map_err(ipam_err)?
             .into_iter()
             .map(|a| IpConfig {
                 address: a.address,
@@ -219,31 +235,18 @@ impl ReefIpam {
                 interface: None,
             })
             .collect()
-        } else {
-            let (cfg, store) = open(args)?;
-            store
-                .allocate(&cfg, &handle(args))
-                .map_err(ipam_err)?
-                .into_iter()
-                .map(|a| IpConfig {
-                    address: a.address,
-                    gateway: a.gateway,
-                    interface: None,
-                })
-                .collect()
-        };
-        Ok(CniResult {
-            interfaces: Vec::new(),
-            ips,
-            routes,
-            dns,
-        })
-    }
+    };
+    Ok(CniResult {
+        interfaces: Vec::new(),
+        ips,
+        routes,
+        dns,
+    })
 }
 
 impl Plugin for ReefIpam {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
-        self.add_for(args, None)
+        add_for(args, None)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
