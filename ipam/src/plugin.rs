@@ -131,6 +131,10 @@ impl InProcessIpam for ReefIpam {
         PLUGIN_TYPE
     }
 
+    fn add_for(&self, args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, CniError> {
+        self.allocate(args, host_interface)
+    }
+
     /// DEL that reports what it released: exactly the addresses this attachment still held,
     /// which in-process callers use to clean up only what is theirs.
     fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
@@ -171,10 +175,6 @@ impl InProcessIpam for ReefIpam {
         }
         Ok(released.into_iter().map(|(ip, _)| ip).collect())
     }
-
-    fn add_for(&self, args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, CniError> {
-        add_for(args, host_interface)
-    }
 }
 
 /// The workload record of an attachment: Kubernetes identity from CNI_ARGS, labels from the
@@ -204,30 +204,23 @@ pub fn workload_of(args: &CmdArgs, host_interface: Option<&str>) -> WorkloadReco
     }
 }
 
-/// ADD; in cluster mode the workload record (see `workload_of`) is written in the same
-/// transaction as the addresses.
-fn add_for(args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, CniError> {
-    let section = ipam_section(args)?;
-    let routes = routes(section)?;
-    let dns = dns_from_resolv_conf(section)?;
-    let ips: Vec<IpConfig> = if let Some(cfg) = cluster_config(args)? {
-        let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
-        let workload = workload_of(args, host_interface);
-        with_cluster(&cfg, move |s| {
-            Box::pin(async move { s.allocate_for(&cid, &ifn, Some(workload)).await })
-        })?
-        .into_iter()
-        .map(|a| IpConfig {
-            address: a.address,
-            gateway: a.gateway,
-            interface: None,
-        })
-        .collect()
-    } else {
-        let (cfg, store) = open(args)?;
-        store
-            .allocate(&cfg, &handle(args))
-            .map_err(ipam_err)?
+impl ReefIpam {
+    /// ADD; in cluster mode the workload record (see `workload_of`) is written in the same
+    /// transaction as the addresses.
+    fn allocate(
+        &self,
+        args: &CmdArgs,
+        host_interface: Option<&str>,
+    ) -> Result<CniResult, CniError> {
+        let section = ipam_section(args)?;
+        let routes = routes(section)?;
+        let dns = dns_from_resolv_conf(section)?;
+        let ips: Vec<IpConfig> = if let Some(cfg) = cluster_config(args)? {
+            let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
+            let workload = workload_of(args, host_interface);
+            with_cluster(&cfg, move |s| {
+                Box::pin(async move { s.allocate_for(&cid, &ifn, Some(workload)).await })
+            })?
             .into_iter()
             .map(|a| IpConfig {
                 address: a.address,
@@ -235,18 +228,31 @@ fn add_for(args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, Cn
                 interface: None,
             })
             .collect()
-    };
-    Ok(CniResult {
-        interfaces: Vec::new(),
-        ips,
-        routes,
-        dns,
-    })
+        } else {
+            let (cfg, store) = open(args)?;
+            store
+                .allocate(&cfg, &handle(args))
+                .map_err(ipam_err)?
+                .into_iter()
+                .map(|a| IpConfig {
+                    address: a.address,
+                    gateway: a.gateway,
+                    interface: None,
+                })
+                .collect()
+        };
+        Ok(CniResult {
+            interfaces: Vec::new(),
+            ips,
+            routes,
+            dns,
+        })
+    }
 }
 
 impl Plugin for ReefIpam {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
-        add_for(args, None)
+        self.allocate(args, None)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {

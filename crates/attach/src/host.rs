@@ -18,6 +18,43 @@ pub struct HostVeth {
     pub interfaces: Vec<Interface>,
 }
 
+/// An ADD under way, once the host end of the pair exists.
+pub struct Add<'a> {
+    pub args: &'a CmdArgs,
+    /// Netlink in the host's namespace.
+    pub host: &'a Netlink,
+    /// The host end of the pair.
+    pub veth: &'a LinkInfo,
+    /// IPAM's answer.
+    pub ipam: &'a CniResult,
+}
+
+/// A link and the netlink socket of its namespace.
+#[derive(Clone, Copy)]
+pub struct End<'a> {
+    pub netlink: &'a Netlink,
+    pub link: &'a LinkInfo,
+}
+
+/// A CHECK under way.
+pub struct Check<'a> {
+    pub args: &'a CmdArgs,
+    pub prev: &'a CniResult,
+    /// prevResult's addresses on the pod's interface.
+    pub ips: &'a [&'a IpConfig],
+    /// The host end's name.
+    pub veth_name: &'a str,
+}
+
+/// DEL or GC, once IPAM has released what the attachment(s) held.
+pub struct Released<'a> {
+    pub args: &'a CmdArgs,
+    /// What in-process IPAM released; None when an exec'd IPAM cannot say, or IPAM failed.
+    pub ips: Option<Vec<IpAddr>>,
+    /// Failures so far; the host side adds its own (DEL and GC carry on past them).
+    pub errors: Vec<CniError>,
+}
+
 /// A main plugin's host side; [`crate::VethPlugin`] does the rest of every verb: the pod's
 /// namespace, IPAM, the veth pair, the pod end, undo on failure, DEL and GC of the veth.
 ///
@@ -32,21 +69,16 @@ pub trait HostSide: Sized {
 
     /// What DEL and GC keep until the veths are gone (reef-bridge: its nf_tables socket, so
     /// the socket's close-time wait overlaps the veth deletion's instead of following it).
-    type Teardown;
+    type Teardown: Default;
 
     /// Parses and validates the plugin's config: the first step of every verb.
     fn from_netconf(conf: &NetConf) -> Result<Self, CniError>;
 
-    /// Host work before the veth pair exists, and how to make its host end.
+    /// Host work before the pair exists, and how to make its host end.
     async fn prepare_host(&self, host: &Netlink, ipam: &CniResult) -> Result<HostVeth, CniError>;
 
     /// The host end exists and is up.
-    async fn host_veth_created(
-        &self,
-        host: &Netlink,
-        veth: &LinkInfo,
-        ipam: &CniResult,
-    ) -> Result<(), CniError>;
+    async fn host_veth_created(&self, add: &Add<'_>) -> Result<(), CniError>;
 
     /// The pod's addresses as they go on its interface and into the result (the interface
     /// index is filled in by the caller).
@@ -55,12 +87,7 @@ pub trait HostSide: Sized {
     }
 
     /// Pod-side work between the addresses (link up) and the routes.
-    async fn configure_pod(
-        &self,
-        _pod: &Netlink,
-        _link: &LinkInfo,
-        _ipam: &CniResult,
-    ) -> Result<(), CniError> {
+    async fn configure_pod(&self, _add: &Add<'_>, _pod: End<'_>) -> Result<(), CniError> {
         Ok(())
     }
 
@@ -68,55 +95,29 @@ pub trait HostSide: Sized {
     fn pod_routes(&self, ipam: &CniResult) -> Vec<Route>;
 
     /// ADD's last step, both ends configured. On failure it leaves nothing of its own behind:
-    /// the caller only deletes the veth pair (and what goes with it) and releases IPAM.
-    async fn finish_add(
-        &self,
-        args: &CmdArgs,
-        host: &Netlink,
-        veth: &LinkInfo,
-        pod_link: &LinkInfo,
-        ipam: &CniResult,
-    ) -> Result<(), CniError>;
+    /// the caller only deletes the pair (and what goes with it) and releases IPAM.
+    async fn finish_add(&self, add: &Add<'_>, pod_link: &LinkInfo) -> Result<(), CniError>;
 
-    /// CHECK of the host side; `ips` are prevResult's addresses on the pod's interface.
-    async fn check_host(
-        &self,
-        host: &Netlink,
-        veth_name: &str,
-        ips: &[&IpConfig],
-    ) -> Result<(), CniError>;
+    /// CHECK of the host side, first.
+    async fn check_host(&self, check: &Check<'_>, host: &Netlink) -> Result<(), CniError>;
 
-    /// CHECK of the pod side beyond interface, MAC, addresses and routes.
-    async fn check_pod(
-        &self,
-        _pod: &Netlink,
-        _link: &LinkInfo,
-        _ips: &[&IpConfig],
-    ) -> Result<(), CniError> {
+    /// CHECK of the pod side beyond interface, MAC and addresses (before its routes).
+    async fn check_pod(&self, _check: &Check<'_>, _pod: End<'_>) -> Result<(), CniError> {
         Ok(())
     }
 
     /// CHECK's last step, after host and pod.
-    fn check_rest(&self, _args: &CmdArgs, _prev: &CniResult) -> Result<(), CniError> {
+    fn check_rest(&self, _check: &Check<'_>) -> Result<(), CniError> {
         Ok(())
     }
 
-    /// DEL after IPAM's release, before the veth goes. `released` is what in-process IPAM
-    /// says the attachment held (None: an exec'd IPAM cannot say, or it failed). Errors are
-    /// pushed to `errors`: DEL carries on.
-    async fn del_host(
-        &self,
-        args: &CmdArgs,
-        veth_present: bool,
-        released: Option<Vec<IpAddr>>,
-        errors: &mut Vec<CniError>,
-    ) -> Self::Teardown;
+    /// DEL after IPAM's release, before the veth (present or not) goes.
+    async fn del_host(&self, _del: &mut Released<'_>, _veth_present: bool) -> Self::Teardown {
+        Self::Teardown::default()
+    }
 
-    /// GC after IPAM's, before the stale veths go; `released` as for `del_host`.
-    fn gc_host(
-        &self,
-        args: &CmdArgs,
-        released: Option<&[IpAddr]>,
-        errors: &mut Vec<CniError>,
-    ) -> Self::Teardown;
+    /// GC after IPAM's, before the stale veths go.
+    fn gc_host(&self, _gc: &mut Released<'_>) -> Self::Teardown {
+        Self::Teardown::default()
+    }
 }

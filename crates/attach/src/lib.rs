@@ -8,7 +8,7 @@ mod host;
 mod plugin;
 mod pod;
 
-pub use host::{HostSide, HostVeth};
+pub use host::{Add, Check, End, HostSide, HostVeth, Released};
 pub use plugin::VethPlugin;
 pub use pod::{default_dst, route_spec};
 

@@ -1,6 +1,6 @@
 //! The CNI verbs of a veth-pair main plugin, around its [`HostSide`].
 
-use crate::{block_on, check_err, nl_err, open_netns, pod, HostSide};
+use crate::{block_on, check_err, nl_err, open_netns, pod, Add, Check, HostSide, Released};
 use reef_cni::attachment::{host_veth_alias, host_veth_name, parse_host_veth_alias};
 use reef_cni::ipam::{InProcessIpam, IpamClient};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin};
@@ -104,15 +104,19 @@ async fn add_links<H: HostSide>(
         .await
         .map_err(nl_err)?
         .ok_or_else(|| CniError::new(codes::NETLINK, format!("{host_name} vanished")))?;
-    host_side.host_veth_created(host, &host_link, ipam).await?;
+    let add = Add {
+        args,
+        host,
+        veth: &host_link,
+        ipam,
+    };
+    host_side.host_veth_created(&add).await?;
 
     let pod = pod_socket.connect().map_err(nl_err)?;
     let mut ips = host_side.pod_ips(ipam);
     let routes = host_side.pod_routes(ipam);
-    let pod_link = pod::configure(host_side, &pod, &args.ifname, ipam, &ips, &routes).await?;
-    host_side
-        .finish_add(args, host, &host_link, &pod_link, ipam)
-        .await?;
+    let pod_link = pod::configure(host_side, &add, &pod, &ips, &routes).await?;
+    host_side.finish_add(&add, &pod_link).await?;
 
     let mut result = ipam.clone();
     result.interfaces = plan.interfaces;
@@ -153,7 +157,11 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
         let host_side = H::from_netconf(&args.conf)?;
-        let mut errors: Vec<CniError> = Vec::new();
+        let mut del = Released {
+            args,
+            ips: None,
+            errors: Vec::new(),
+        };
         // Dropped at the end of DEL, after the veth deletion: see `HostSide::Teardown`.
         let mut teardown: Option<H::Teardown> = None;
         let res = block_on(async {
@@ -166,18 +174,11 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
                 .is_some();
             // IPAM first, like the reference plugins: the address is released even if link
             // teardown fails, and in-process IPAM tells exactly what this attachment held.
-            let released = match self.ipam_for(args).and_then(|i| i.release()) {
-                Ok(ips) => ips,
-                Err(e) => {
-                    errors.push(e);
-                    None
-                }
-            };
-            teardown = Some(
-                host_side
-                    .del_host(args, veth_present, released, &mut errors)
-                    .await,
-            );
+            match self.ipam_for(args).and_then(|i| i.release()) {
+                Ok(ips) => del.ips = ips,
+                Err(e) => del.errors.push(e),
+            }
+            teardown = Some(host_side.del_host(&mut del, veth_present).await);
             // Returns once the pair has left both namespaces (taking the host routes and
             // neighbours with it); the kernel's ~20 ms of reclamation after that is sat out by
             // a detached child (reef_netlink::detached).
@@ -188,10 +189,10 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
             delete_pod_end(args).await
         });
         if let Err(e) = res.and_then(|r| r) {
-            errors.push(e);
+            del.errors.push(e);
         }
         drop(teardown);
-        CniError::all(errors)
+        CniError::all(del.errors)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
@@ -209,13 +210,19 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
             .filter(|i| i.interface.is_none_or(|x| x == pod_if_index))
             .collect();
         let host_name = host_veth_name(&args.container_id, &args.ifname);
+        let check = Check {
+            args,
+            prev,
+            ips: &ips,
+            veth_name: &host_name,
+        };
         block_on(async {
             let host = Netlink::current().map_err(nl_err)?;
-            host_side.check_host(&host, &host_name, &ips).await?;
+            host_side.check_host(&check, &host).await?;
             let pod = Netlink::open_in(&pod_ns, || Ok(())).map_err(nl_err)?;
-            pod::check(&host_side, &pod, &args.ifname, want_if, &ips, &prev.routes).await
+            pod::check(&host_side, &check, &pod, want_if).await
         })??;
-        host_side.check_rest(args, prev)
+        host_side.check_rest(&check)
     }
 
     /// GC: everything this network holds for attachments the runtime no longer lists: IPAM
@@ -224,21 +231,25 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
         let host_side = H::from_netconf(&args.conf)?;
         // Refuse a malformed attachment list before touching anything.
         args.conf.valid_attachments()?;
-        let mut errors: Vec<CniError> = Vec::new();
-        let released = self.ipam_for(args).and_then(|i| i.gc());
-        let released = released.unwrap_or_else(|e| {
-            errors.push(e);
-            None
-        });
-        let _teardown = host_side.gc_host(args, released.as_deref(), &mut errors);
+        let mut gc = Released {
+            args,
+            ips: None,
+            errors: Vec::new(),
+        };
+        match self.ipam_for(args).and_then(|i| i.gc()) {
+            Ok(ips) => gc.ips = ips,
+            Err(e) => gc.errors.push(e),
+        }
+        // Kept until the stale veths are gone: see `HostSide::Teardown`.
+        let _teardown = host_side.gc_host(&mut gc);
         match gc_stale_veths(args) {
             Ok(removed) if !removed.is_empty() => {
                 eprintln!("{}: GC removed stale host veths {removed:?}", H::PLUGIN);
             }
             Ok(_) => {}
-            Err(e) => errors.push(e),
+            Err(e) => gc.errors.push(e),
         }
-        CniError::all(errors)
+        CniError::all(gc.errors)
     }
 
     /// STATUS: anything that would make ADD fail is "not available" (50).

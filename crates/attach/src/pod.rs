@@ -1,8 +1,8 @@
 //! The pod end of an attachment: configuring it on ADD, verifying it on CHECK.
 
-use crate::{check_err, nl_err, HostSide};
+use crate::{check_err, nl_err, Add, Check, End, HostSide};
 use ipnetwork::IpNetwork;
-use reef_cni::{codes, CniError, CniResult, Interface, IpConfig, Route};
+use reef_cni::{codes, CniError, Interface, IpConfig, Route};
 use reef_netlink::{LinkInfo, Netlink, RouteSpec};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -32,12 +32,12 @@ pub fn route_spec(r: &Route, oif: u32) -> RouteSpec {
 /// ADD in the pod: `ips` on the interface, link up, the host side's extras, `routes`.
 pub(crate) async fn configure<H: HostSide>(
     host_side: &H,
+    add: &Add<'_>,
     pod: &Netlink,
-    ifname: &str,
-    ipam: &CniResult,
     ips: &[IpConfig],
     routes: &[Route],
 ) -> Result<LinkInfo, CniError> {
+    let ifname = &add.args.ifname;
     let link = pod
         .link_by_name(ifname)
         .await
@@ -49,7 +49,11 @@ pub(crate) async fn configure<H: HostSide>(
             .map_err(nl_err)?;
     }
     pod.set_up(link.index).await.map_err(nl_err)?;
-    host_side.configure_pod(pod, &link, ipam).await?;
+    let end = End {
+        netlink: pod,
+        link: &link,
+    };
+    host_side.configure_pod(add, end).await?;
     for r in routes {
         pod.add_route(&route_spec(r, link.index))
             .await
@@ -62,12 +66,11 @@ pub(crate) async fn configure<H: HostSide>(
 /// the routes.
 pub(crate) async fn check<H: HostSide>(
     host_side: &H,
+    check: &Check<'_>,
     pod: &Netlink,
-    ifname: &str,
     want_if: &Interface,
-    ips: &[&IpConfig],
-    routes: &[Route],
 ) -> Result<(), CniError> {
+    let ifname = &check.args.ifname;
     let link = pod
         .link_by_name(ifname)
         .await
@@ -81,7 +84,7 @@ pub(crate) async fn check<H: HostSide>(
         }
     }
     let addrs = pod.addresses(link.index).await.map_err(nl_err)?;
-    for ip in ips {
+    for ip in check.ips {
         if !addrs.iter().any(|a| a.address == ip.address) {
             return Err(check_err(format!(
                 "address {} is missing on {ifname}",
@@ -89,9 +92,18 @@ pub(crate) async fn check<H: HostSide>(
             )));
         }
     }
-    host_side.check_pod(pod, &link, ips).await?;
+    let end = End {
+        netlink: pod,
+        link: &link,
+    };
+    host_side.check_pod(check, end).await?;
     for v6 in [false, true] {
-        let wanted: Vec<&Route> = routes.iter().filter(|r| r.dst.is_ipv6() == v6).collect();
+        let wanted: Vec<&Route> = check
+            .prev
+            .routes
+            .iter()
+            .filter(|r| r.dst.is_ipv6() == v6)
+            .collect();
         if wanted.is_empty() {
             continue;
         }

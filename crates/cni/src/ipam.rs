@@ -86,3 +86,81 @@ impl<'a> IpamClient<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NetConf;
+
+    /// Holds 10.0.0.5 for every attachment.
+    struct Fake;
+
+    impl Plugin for Fake {
+        fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+            self.add_for(args, None)
+        }
+        fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+            self.release(args).map(drop)
+        }
+        fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+            self.collect_garbage(args).map(drop)
+        }
+    }
+
+    impl InProcessIpam for Fake {
+        fn type_name(&self) -> &str {
+            "fake-ipam"
+        }
+        fn add_for(&self, _: &CmdArgs, _: Option<&str>) -> Result<CniResult, CniError> {
+            let ip = "10.0.0.5/24"
+                .parse()
+                .map_err(|_| CniError::invalid_config("ip"))?;
+            Ok(CniResult {
+                ips: vec![crate::IpConfig {
+                    address: ip,
+                    gateway: None,
+                    interface: None,
+                }],
+                ..CniResult::default()
+            })
+        }
+        fn release(&self, _: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+            Ok(vec![[10, 0, 0, 5].into()])
+        }
+        fn collect_garbage(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+            self.release(args)
+        }
+    }
+
+    fn args(ipam_type: &str) -> CmdArgs {
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","type":"x","ipam":{{"type":"{ipam_type}"}}}}"#
+        );
+        CmdArgs {
+            command: Command::Del,
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            args: Vec::new(),
+            path: Vec::new(),
+            stdin: conf.clone().into_bytes(),
+            conf: NetConf::parse(conf.as_bytes()).expect("valid config"),
+        }
+    }
+
+    #[test]
+    fn the_linked_type_runs_in_process_any_other_is_executed() {
+        let a = args("fake-ipam");
+        let client = IpamClient::for_args(&a, &Fake).expect("client");
+        assert!(matches!(client, IpamClient::InProcess(..)));
+        assert_eq!(client.add("veth0").expect("add").ips.len(), 1);
+        assert_eq!(
+            client.release().expect("release"),
+            Some(vec![[10, 0, 0, 5].into()])
+        );
+        client.run(Command::Check).expect("check");
+        let a = args("host-local");
+        let client = IpamClient::for_args(&a, &Fake).expect("client");
+        assert!(matches!(client, IpamClient::Exec(ref i) if i.plugin == "host-local"));
+    }
+}

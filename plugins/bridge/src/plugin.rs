@@ -4,8 +4,10 @@
 
 use crate::config::BridgeConf;
 use ipnetwork::IpNetwork;
-use reef_attach::{check_err, default_dst, existing_host_veth, nl_err, HostSide, HostVeth};
-use reef_cni::{codes, CmdArgs, CniError, CniResult, Interface, IpConfig, NetConf, Route};
+use reef_attach::{
+    check_err, default_dst, existing_host_veth, nl_err, Add, Check, HostSide, HostVeth, Released,
+};
+use reef_cni::{codes, CmdArgs, CniError, CniResult, Interface, NetConf, Route};
 use reef_firewall::{nftables::Nftables, Firewall, Masquerade};
 use reef_netlink::{sysctl, LinkInfo, NetNs, Netlink};
 use std::net::IpAddr;
@@ -134,14 +136,12 @@ impl HostSide for Bridge {
         })
     }
 
-    async fn host_veth_created(
-        &self,
-        host: &Netlink,
-        veth: &LinkInfo,
-        _ipam: &CniResult,
-    ) -> Result<(), CniError> {
+    async fn host_veth_created(&self, add: &Add<'_>) -> Result<(), CniError> {
         if self.conf.hairpin_mode {
-            host.set_hairpin(veth.index, true).await.map_err(nl_err)?;
+            let host = add.host;
+            host.set_hairpin(add.veth.index, true)
+                .await
+                .map_err(nl_err)?;
         }
         Ok(())
     }
@@ -151,18 +151,12 @@ impl HostSide for Bridge {
     }
 
     /// Masquerade of the pod's addresses, removed again if adding them fails.
-    async fn finish_add(
-        &self,
-        args: &CmdArgs,
-        _host: &Netlink,
-        _veth: &LinkInfo,
-        _pod_link: &LinkInfo,
-        ipam: &CniResult,
-    ) -> Result<(), CniError> {
+    async fn finish_add(&self, add: &Add<'_>, _pod_link: &LinkInfo) -> Result<(), CniError> {
         if !self.conf.ip_masq {
             return Ok(());
         }
-        let nets: Vec<IpNetwork> = ipam.ips.iter().map(|i| i.address).collect();
+        let args = add.args;
+        let nets: Vec<IpNetwork> = add.ipam.ips.iter().map(|i| i.address).collect();
         let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
         if let Err(e) = Nftables::new().add_masquerade(&Self::masquerade(args, &nets), &ips) {
             let _ = Nftables::new().del_masquerade(&args.conf.name, &ips);
@@ -172,13 +166,8 @@ impl HostSide for Bridge {
     }
 
     /// The bridge exists and the host veth is attached to it.
-    async fn check_host(
-        &self,
-        host: &Netlink,
-        veth_name: &str,
-        _ips: &[&IpConfig],
-    ) -> Result<(), CniError> {
-        let bridge = &self.conf.bridge;
+    async fn check_host(&self, check: &Check<'_>, host: &Netlink) -> Result<(), CniError> {
+        let (bridge, veth_name) = (&self.conf.bridge, check.veth_name);
         let br = host
             .link_by_name(bridge)
             .await
@@ -193,9 +182,10 @@ impl HostSide for Bridge {
         Ok(())
     }
 
-    fn check_rest(&self, args: &CmdArgs, prev: &CniResult) -> Result<(), CniError> {
+    fn check_rest(&self, check: &Check<'_>) -> Result<(), CniError> {
         if self.conf.ip_masq {
-            let nets: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
+            let args = check.args;
+            let nets: Vec<IpNetwork> = check.prev.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
             Nftables::new()
                 .check_masquerade(&Self::masquerade(args, &nets), &ips)
@@ -209,18 +199,13 @@ impl HostSide for Bridge {
     /// an exec'd IPAM: prevResult's, else the pod's own (read before the veth, and they, go).
     /// Before the veth, so the kernel's RCU wait after this commit overlaps the one inside the
     /// veth deletion instead of following it.
-    async fn del_host(
-        &self,
-        args: &CmdArgs,
-        veth_present: bool,
-        released: Option<Vec<IpAddr>>,
-        errors: &mut Vec<CniError>,
-    ) -> Nftables {
+    async fn del_host(&self, del: &mut Released<'_>, veth_present: bool) -> Nftables {
         let mut fw = Nftables::new();
         if !self.conf.ip_masq {
             return fw;
         }
-        let masq_ips = match released {
+        let args = del.args;
+        let masq_ips = match del.ips.take() {
             Some(ips) => ips,
             None if !veth_present => Vec::new(),
             None => match (&args.conf.prev_result, &args.netns) {
@@ -234,23 +219,18 @@ impl HostSide for Bridge {
         };
         if !masq_ips.is_empty() {
             if let Err(e) = fw.del_masquerade(&args.conf.name, &masq_ips) {
-                errors.push(fw_err(e));
+                del.errors.push(fw_err(e));
             }
         }
         fw
     }
 
     /// Masquerade entries of the addresses IPAM released.
-    fn gc_host(
-        &self,
-        args: &CmdArgs,
-        released: Option<&[IpAddr]>,
-        errors: &mut Vec<CniError>,
-    ) -> Nftables {
+    fn gc_host(&self, gc: &mut Released<'_>) -> Nftables {
         let mut fw = Nftables::new();
-        if let (true, Some(ips)) = (self.conf.ip_masq, released) {
-            if let Err(e) = fw.del_masquerade(&args.conf.name, ips) {
-                errors.push(fw_err(e));
+        if let (true, Some(ips)) = (self.conf.ip_masq, &gc.ips) {
+            if let Err(e) = fw.del_masquerade(&gc.args.conf.name, ips) {
+                gc.errors.push(fw_err(e));
             }
         }
         fw

@@ -7,8 +7,10 @@
 
 use crate::config::RoutedConf;
 use ipnetwork::IpNetwork;
-use reef_attach::{check_err, default_dst, existing_host_veth, nl_err, HostSide, HostVeth};
-use reef_cni::{codes, CmdArgs, CniError, CniResult, IpConfig, NetConf, Route};
+use reef_attach::{
+    check_err, default_dst, existing_host_veth, nl_err, Add, Check, End, HostSide, HostVeth,
+};
+use reef_cni::{codes, CniError, CniResult, IpConfig, NetConf, Route};
 use reef_netlink::{sysctl, LinkInfo, Netlink, RouteSpec};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -157,14 +159,9 @@ impl HostSide for Routed {
         })
     }
 
-    async fn host_veth_created(
-        &self,
-        _host: &Netlink,
-        veth: &LinkInfo,
-        ipam: &CniResult,
-    ) -> Result<(), CniError> {
-        let has_v6 = ipam.ips.iter().any(|ip| ip.address.is_ipv6());
-        host_sysctls(&veth.name, has_v6)
+    async fn host_veth_created(&self, add: &Add<'_>) -> Result<(), CniError> {
+        let has_v6 = add.ipam.ips.iter().any(|ip| ip.address.is_ipv6());
+        host_sysctls(&add.veth.name, has_v6)
     }
 
     /// Host addresses, each with its family's gateway.
@@ -180,14 +177,10 @@ impl HostSide for Routed {
     }
 
     /// The gateway of each family the pod has an address in, pinned.
-    async fn configure_pod(
-        &self,
-        pod: &Netlink,
-        link: &LinkInfo,
-        ipam: &CniResult,
-    ) -> Result<(), CniError> {
+    async fn configure_pod(&self, add: &Add<'_>, pod: End<'_>) -> Result<(), CniError> {
+        let End { netlink: pod, link } = pod;
         for v6 in [false, true] {
-            if !ipam.ips.iter().any(|ip| ip.address.is_ipv6() == v6) {
+            if !add.ipam.ips.iter().any(|ip| ip.address.is_ipv6() == v6) {
                 continue;
             }
             let gw = gateway(v6);
@@ -212,19 +205,13 @@ impl HostSide for Routed {
 
     /// A host route to each pod address; for IPv6 also its neighbour entry, so the host never
     /// depends on NDP towards the pod. They go with the veth if ADD is undone.
-    async fn finish_add(
-        &self,
-        _args: &CmdArgs,
-        host: &Netlink,
-        veth: &LinkInfo,
-        pod_link: &LinkInfo,
-        ipam: &CniResult,
-    ) -> Result<(), CniError> {
+    async fn finish_add(&self, add: &Add<'_>, pod_link: &LinkInfo) -> Result<(), CniError> {
+        let (host, veth) = (add.host, add.veth);
         let pod_mac = match &pod_link.mac {
             Some(m) => Some(reef_netlink::parse_mac(m).map_err(nl_err)?),
             None => None,
         };
-        for ip in &ipam.ips {
+        for ip in &add.ipam.ips {
             let addr = ip.address.ip();
             // Replace: IPAM guarantees the address is ours, so a route left by a dead
             // attachment is stale.
@@ -241,12 +228,8 @@ impl HostSide for Routed {
     }
 
     /// The veth (MAC, proxy ARP) and the route to each pod address.
-    async fn check_host(
-        &self,
-        host: &Netlink,
-        veth_name: &str,
-        ips: &[&IpConfig],
-    ) -> Result<(), CniError> {
+    async fn check_host(&self, check: &Check<'_>, host: &Netlink) -> Result<(), CniError> {
+        let veth_name = check.veth_name;
         let veth = existing_host_veth(host, veth_name).await?;
         match veth.mac.as_deref() {
             Some(m) if m.eq_ignore_ascii_case(HOST_VETH_MAC_STR) => {}
@@ -265,7 +248,8 @@ impl HostSide for Routed {
             )));
         }
         for v6 in [false, true] {
-            let wanted: Vec<IpAddr> = ips
+            let wanted: Vec<IpAddr> = check
+                .ips
                 .iter()
                 .map(|i| i.address.ip())
                 .filter(|ip| ip.is_ipv6() == v6)
@@ -290,15 +274,11 @@ impl HostSide for Routed {
     }
 
     /// The gateway's permanent neighbour entry, per family.
-    async fn check_pod(
-        &self,
-        pod: &Netlink,
-        link: &LinkInfo,
-        ips: &[&IpConfig],
-    ) -> Result<(), CniError> {
+    async fn check_pod(&self, check: &Check<'_>, pod: End<'_>) -> Result<(), CniError> {
+        let End { netlink: pod, link } = pod;
         let neighbours = pod.neighbours(link.index).await.map_err(nl_err)?;
         for v6 in [false, true] {
-            if !ips.iter().any(|i| i.address.is_ipv6() == v6) {
+            if !check.ips.iter().any(|i| i.address.is_ipv6() == v6) {
                 continue;
             }
             let gw = gateway(v6);
@@ -318,18 +298,7 @@ impl HostSide for Routed {
         }
         Ok(())
     }
-
-    /// Nothing but the veth: the host routes and neighbours go with it.
-    async fn del_host(
-        &self,
-        _args: &CmdArgs,
-        _veth_present: bool,
-        _released: Option<Vec<IpAddr>>,
-        _errors: &mut Vec<CniError>,
-    ) {
-    }
-
-    fn gc_host(&self, _args: &CmdArgs, _released: Option<&[IpAddr]>, _errors: &mut Vec<CniError>) {}
+    // DEL and GC: nothing but the veth, which takes the host routes and neighbours with it.
 }
 
 #[cfg(test)]
