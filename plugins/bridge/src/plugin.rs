@@ -138,10 +138,8 @@ impl HostSide for Bridge {
 
     async fn host_veth_created(&self, add: &Add<'_>) -> Result<(), CniError> {
         if self.conf.hairpin_mode {
-            let host = add.host;
-            host.set_hairpin(add.veth.index, true)
-                .await
-                .map_err(nl_err)?;
+            let veth = add.veth.index;
+            add.host.set_hairpin(veth, true).await.map_err(nl_err)?;
         }
         Ok(())
     }
