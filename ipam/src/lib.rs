@@ -9,7 +9,6 @@
 //! held for the whole of every operation, plus atomic create-if-absent of records.
 
 mod allocator;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod plugin;

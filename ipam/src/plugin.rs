@@ -4,6 +4,7 @@
 
 use crate::cluster::{ClusterError, ClusterIpamConfig, ClusterStore};
 use crate::{Handle, IpamConfig, IpamError, LocalStore};
+use reef_cni::ipam::InProcessIpam;
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Dns, IpConfig, Plugin, Route};
 use reef_schema::WorkloadRecord;
 use serde_json::Value;
@@ -125,10 +126,18 @@ fn dns_from_resolv_conf(ipam: &Value) -> Result<Dns, CniError> {
     Ok(dns)
 }
 
-impl ReefIpam {
+impl InProcessIpam for ReefIpam {
+    fn type_name(&self) -> &str {
+        PLUGIN_TYPE
+    }
+
+    fn add_for(&self, args: &CmdArgs, host_interface: Option<&str>) -> Result<CniResult, CniError> {
+        self.allocate(args, host_interface)
+    }
+
     /// DEL that reports what it released: exactly the addresses this attachment still held,
     /// which in-process callers use to clean up only what is theirs.
-    pub fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+    fn release(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
         if let Some(cfg) = cluster_config(args)? {
             let (cid, ifn) = (args.container_id.clone(), args.ifname.clone());
             return with_cluster(&cfg, move |s| {
@@ -142,7 +151,7 @@ impl ReefIpam {
     }
 
     /// GC that reports the addresses it released.
-    pub fn collect_garbage(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
+    fn collect_garbage(&self, args: &CmdArgs) -> Result<Vec<IpAddr>, CniError> {
         let valid: HashSet<Handle> = args
             .conf
             .valid_attachments()?
@@ -198,7 +207,7 @@ pub fn workload_of(args: &CmdArgs, host_interface: Option<&str>) -> WorkloadReco
 impl ReefIpam {
     /// ADD; in cluster mode the workload record (see `workload_of`) is written in the same
     /// transaction as the addresses.
-    pub fn add_for(
+    fn allocate(
         &self,
         args: &CmdArgs,
         host_interface: Option<&str>,
@@ -243,7 +252,7 @@ impl ReefIpam {
 
 impl Plugin for ReefIpam {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
-        self.add_for(args, None)
+        self.allocate(args, None)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), CniError> {

@@ -6,8 +6,9 @@ mod config;
 mod plugin;
 
 fn main() {
+    // reef-ipam is linked in: `"ipam": {"type": "reef-ipam"}` runs in-process.
     reef_cni::skel::run(
-        &plugin::Bridge,
+        &reef_attach::VethPlugin::<plugin::Bridge>::new(&reef_ipam::plugin::ReefIpam),
         "reef-bridge: Reef's bridge plugin (veth pairs on a Linux bridge)",
     )
 }

@@ -7,8 +7,9 @@ mod config;
 mod plugin;
 
 fn main() {
+    // reef-ipam is linked in: `"ipam": {"type": "reef-ipam"}` runs in-process.
     reef_cni::skel::run(
-        &plugin::Routed,
+        &reef_attach::VethPlugin::<plugin::Routed>::new(&reef_ipam::plugin::ReefIpam),
         "reef-routed: Reef's routed plugin (veth pairs, /32 host routes, no bridge)",
     )
 }

@@ -1,4 +1,4 @@
-//! The verbs.
+//! The routed host side (the verbs are `reef_attach::VethPlugin`'s).
 //!
 //! Routed mode has no shared L2 segment: each pod sits alone behind its host veth. The pod
 //! holds its addresses as host addresses (/32, /128) and sends everything to a link-local
@@ -8,16 +8,15 @@
 use crate::config::RoutedConf;
 use ipnetwork::IpNetwork;
 use reef_attach::{
-    block_on, check_err, delete_pod_end, gc_stale_veths, ipam_add, nl_err, open_netns,
-    pod_interface_index, refuse_live_duplicate, status_via_ipam,
+    check_err, default_dst, existing_host_veth, nl_err, Add, Check, End, HostSide, HostVeth,
 };
-use reef_cni::attachment::{host_veth_alias, host_veth_name};
-use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin, Route};
-use reef_ipam::client::IpamClient;
-use reef_netlink::{sysctl, LinkInfo, NetNs, Netlink, PendingNetlink, RouteSpec};
+use reef_cni::{codes, CniError, CniResult, IpConfig, NetConf, Route};
+use reef_netlink::{sysctl, LinkInfo, Netlink, RouteSpec};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub struct Routed;
+pub struct Routed {
+    conf: RoutedConf,
+}
 
 /// Every host veth answers as this MAC (Calico's), so a pod's neighbour entry for its gateway
 /// is the same everywhere and never goes stale.
@@ -47,15 +46,6 @@ pub fn gateway(v6: bool) -> IpAddr {
 fn host_net(ip: IpAddr) -> IpNetwork {
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
     IpNetwork::new(ip, prefix).expect("full-length prefix is valid")
-}
-
-fn default_dst(v6: bool) -> IpNetwork {
-    let any: IpAddr = if v6 {
-        Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        Ipv4Addr::UNSPECIFIED.into()
-    };
-    IpNetwork::new(any, 0).expect("prefix 0 is valid")
 }
 
 /// The EUI-64 link-local address of a MAC (what the kernel gives a link with that MAC).
@@ -122,18 +112,6 @@ pub fn pod_routes(ipam: &CniResult) -> Vec<Route> {
     routes
 }
 
-fn route_spec(r: &Route, oif: u32) -> RouteSpec {
-    RouteSpec {
-        oif: Some(oif),
-        mtu: r.mtu,
-        advmss: r.advmss,
-        priority: r.priority,
-        table: r.table,
-        scope: r.scope,
-        ..RouteSpec::new(r.dst, r.gw)
-    }
-}
-
 /// The host's route to one pod address: `<ip>/32 dev <host veth> scope link`.
 fn host_route(ip: IpAddr, veth_index: u32) -> RouteSpec {
     RouteSpec {
@@ -154,42 +132,19 @@ fn host_sysctls(veth: &str, v6: bool) -> Result<(), CniError> {
     Ok(())
 }
 
-/// What ADD has done so far, undone in reverse if a later step fails.
-#[derive(Default)]
-struct Undo {
-    ipam: bool,
-    veth: Option<String>,
-}
+impl HostSide for Routed {
+    const PLUGIN: &'static str = "reef-routed";
 
-impl Undo {
-    async fn run(self, host: &Netlink, args: &CmdArgs) {
-        // The host routes and neighbours go with the veth; the pod end goes with its peer.
-        if let Some(veth) = &self.veth {
-            let _ = host.delete_link(veth).await;
-        }
-        if self.ipam {
-            if let Ok(ipam) = IpamClient::for_args(args) {
-                let _ = ipam.run(Command::Del);
-            }
-        }
+    type Teardown = ();
+
+    fn from_netconf(conf: &NetConf) -> Result<Routed, CniError> {
+        RoutedConf::from_netconf(conf).map(|conf| Routed { conf })
     }
-}
 
-impl Routed {
-    async fn add_links(
-        args: &CmdArgs,
-        conf: &RoutedConf,
-        ipam: &CniResult,
-        pod_ns: &NetNs,
-        pod_socket: PendingNetlink,
-        host: &Netlink,
-        undo: &mut Undo,
-    ) -> Result<CniResult, CniError> {
-        let host_name = host_veth_name(&args.container_id, &args.ifname);
-        let alias = host_veth_alias(&args.conf.name, &args.container_id, &args.ifname);
+    async fn prepare_host(&self, host: &Netlink, _ipam: &CniResult) -> Result<HostVeth, CniError> {
         // Without an explicit `mtu`, pods follow the cluster's mode: on a node whose agent runs
         // a VXLAN mode, the overlay device's MTU (underlay − 50), so nothing fragments.
-        let mtu = match conf.mtu {
+        let mtu = match self.conf.mtu {
             Some(m) => Some(m),
             None => host
                 .link_by_name(reef_vxlan::DEVICE)
@@ -197,372 +152,153 @@ impl Routed {
                 .map_err(nl_err)?
                 .and_then(|l| l.mtu),
         };
-        host.create_veth_with_mac(
-            &host_name,
-            &args.ifname,
-            pod_ns,
+        Ok(HostVeth {
             mtu,
-            None,
-            Some(&alias),
-            Some(&HOST_VETH_MAC),
-        )
-        .await
-        .map_err(|e| {
-            if e.is_exists() {
-                CniError::new(
-                    codes::NETLINK,
-                    format!(
-                        "interface {} already exists in the pod or {host_name} on the host",
-                        args.ifname
-                    ),
-                )
-            } else {
-                nl_err(e)
-            }
-        })?;
-        undo.veth = Some(host_name.clone());
-        let host_link = host
-            .link_by_name(&host_name)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| CniError::new(codes::NETLINK, format!("{host_name} vanished")))?;
-        let has_v6 = ipam.ips.iter().any(|ip| ip.address.is_ipv6());
-        host_sysctls(&host_name, has_v6)?;
+            mac: Some(HOST_VETH_MAC),
+            ..HostVeth::default()
+        })
+    }
 
-        // Pod side: host addresses, link up, the gateway pinned, routes via it.
-        let pod = pod_socket.connect().map_err(nl_err)?;
-        let pod_link = pod
-            .link_by_name(&args.ifname)
-            .await
-            .map_err(nl_err)?
-            .ok_or_else(|| {
-                CniError::new(
-                    codes::NETLINK,
-                    format!("{} missing in pod netns", args.ifname),
-                )
-            })?;
-        for ip in &ipam.ips {
-            pod.add_address(pod_link.index, host_net(ip.address.ip()))
-                .await
-                .map_err(nl_err)?;
-        }
-        pod.set_up(pod_link.index).await.map_err(nl_err)?;
+    async fn host_veth_created(&self, add: &Add<'_>) -> Result<(), CniError> {
+        let has_v6 = add.ipam.ips.iter().any(|ip| ip.address.is_ipv6());
+        host_sysctls(&add.veth.name, has_v6)
+    }
+
+    /// Host addresses, each with its family's gateway.
+    fn pod_ips(&self, ipam: &CniResult) -> Vec<IpConfig> {
+        ipam.ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: host_net(ip.address.ip()),
+                gateway: Some(gateway(ip.address.is_ipv6())),
+                interface: None,
+            })
+            .collect()
+    }
+
+    /// The gateway of each family the pod has an address in, pinned.
+    async fn configure_pod(&self, add: &Add<'_>, pod: End<'_>) -> Result<(), CniError> {
+        let End { netlink: pod, link } = pod;
         for v6 in [false, true] {
-            if !ipam.ips.iter().any(|ip| ip.address.is_ipv6() == v6) {
+            if !add.ipam.ips.iter().any(|ip| ip.address.is_ipv6() == v6) {
                 continue;
             }
             let gw = gateway(v6);
             if !v6 {
                 // 169.254.1.1/32 dev <ifname> scope link: makes the IPv4 gateway on-link.
-                pod.add_route(&host_route(gw, pod_link.index))
+                pod.add_route(&host_route(gw, link.index))
                     .await
                     .map_err(nl_err)?;
             }
             // Proxy ARP answers for 169.254.1.1 only where the host has a route to it, and
             // NDP would need the host's link-local to be past DAD: pin the gateway instead.
-            pod.set_permanent_neighbour(pod_link.index, gw, &HOST_VETH_MAC)
+            pod.set_permanent_neighbour(link.index, gw, &HOST_VETH_MAC)
                 .await
                 .map_err(nl_err)?;
         }
-        let routes = pod_routes(ipam);
-        for r in &routes {
-            pod.add_route(&route_spec(r, pod_link.index))
-                .await
-                .map_err(nl_err)?;
-        }
+        Ok(())
+    }
 
-        // Host side: a route to each pod address; for IPv6 also its neighbour entry, so the
-        // host never depends on NDP towards the pod.
+    fn pod_routes(&self, ipam: &CniResult) -> Vec<Route> {
+        pod_routes(ipam)
+    }
+
+    /// A host route to each pod address; for IPv6 also its neighbour entry, so the host never
+    /// depends on NDP towards the pod. They go with the veth if ADD is undone.
+    async fn finish_add(&self, add: &Add<'_>, pod_link: &LinkInfo) -> Result<(), CniError> {
+        let (host, veth) = (add.host, add.veth);
         let pod_mac = match &pod_link.mac {
             Some(m) => Some(reef_netlink::parse_mac(m).map_err(nl_err)?),
             None => None,
         };
-        for ip in &ipam.ips {
+        for ip in &add.ipam.ips {
             let addr = ip.address.ip();
             // Replace: IPAM guarantees the address is ours, so a route left by a dead
             // attachment is stale.
-            host.replace_route(&host_route(addr, host_link.index))
+            host.replace_route(&host_route(addr, veth.index))
                 .await
                 .map_err(nl_err)?;
             if let (true, Some(mac)) = (addr.is_ipv6(), &pod_mac) {
-                host.set_permanent_neighbour(host_link.index, addr, mac)
+                host.set_permanent_neighbour(veth.index, addr, mac)
                     .await
                     .map_err(nl_err)?;
             }
         }
+        Ok(())
+    }
 
-        let mut result = ipam.clone();
-        result.interfaces = vec![
-            Interface {
-                name: host_name,
-                mac: host_link.mac.clone(),
-                mtu: host_link.mtu,
-                sandbox: None,
-            },
-            Interface {
-                name: args.ifname.clone(),
-                mac: pod_link.mac.clone(),
-                mtu: pod_link.mtu,
-                sandbox: args.netns.clone(),
-            },
-        ];
-        result.ips = ipam
-            .ips
-            .iter()
-            .map(|ip| IpConfig {
-                address: host_net(ip.address.ip()),
-                gateway: Some(gateway(ip.address.is_ipv6())),
-                interface: Some(1),
-            })
-            .collect();
-        result.routes = routes;
-        if result.dns.is_empty() {
-            if let Some(dns) = &args.conf.dns {
-                result.dns = dns.clone();
+    /// The veth (MAC, proxy ARP) and the route to each pod address.
+    async fn check_host(&self, check: &Check<'_>, host: &Netlink) -> Result<(), CniError> {
+        let veth_name = check.veth_name;
+        let veth = existing_host_veth(host, veth_name).await?;
+        match veth.mac.as_deref() {
+            Some(m) if m.eq_ignore_ascii_case(HOST_VETH_MAC_STR) => {}
+            other => {
+                return Err(check_err(format!(
+                    "host veth {veth_name} has MAC {}, expected {HOST_VETH_MAC_STR}",
+                    other.unwrap_or("(none)")
+                )))
             }
         }
-        Ok(result)
-    }
-
-    async fn add_async(
-        &self,
-        args: &CmdArgs,
-        conf: &RoutedConf,
-        pod_ns: &NetNs,
-        pod_socket: PendingNetlink,
-    ) -> Result<CniResult, CniError> {
-        let host = Netlink::current().map_err(nl_err)?;
-        refuse_live_duplicate(&host, args).await?;
-        let host_name = host_veth_name(&args.container_id, &args.ifname);
-        let ipam_result = ipam_add(args, &host_name)?;
-        let mut undo = Undo {
-            ipam: true,
-            ..Undo::default()
-        };
-        let res = Self::add_links(
-            args,
-            conf,
-            &ipam_result,
-            pod_ns,
-            pod_socket,
-            &host,
-            &mut undo,
-        )
-        .await;
-        if res.is_err() {
-            undo.run(&host, args).await;
-        }
-        res
-    }
-}
-
-/// CHECK of the host side: the veth (MAC, proxy ARP) and the route to each pod address.
-async fn check_host(host: &Netlink, host_name: &str, ips: &[&IpConfig]) -> Result<(), CniError> {
-    let veth = host
-        .link_by_name(host_name)
-        .await
-        .map_err(nl_err)?
-        .ok_or_else(|| check_err(format!("host veth {host_name} is missing")))?;
-    match veth.mac.as_deref() {
-        Some(m) if m.eq_ignore_ascii_case(HOST_VETH_MAC_STR) => {}
-        other => {
+        let key = format!("net/ipv4/conf/{veth_name}/proxy_arp");
+        let proxy_arp = sysctl::get(&key).map_err(sysctl_err)?;
+        if proxy_arp != "1" {
             return Err(check_err(format!(
-                "host veth {host_name} has MAC {}, expected {HOST_VETH_MAC_STR}",
-                other.unwrap_or("(none)")
-            )))
+                "proxy_arp is {proxy_arp} on host veth {veth_name}, expected 1"
+            )));
         }
-    }
-    let key = format!("net/ipv4/conf/{host_name}/proxy_arp");
-    let proxy_arp = sysctl::get(&key).map_err(sysctl_err)?;
-    if proxy_arp != "1" {
-        return Err(check_err(format!(
-            "proxy_arp is {proxy_arp} on host veth {host_name}, expected 1"
-        )));
-    }
-    for v6 in [false, true] {
-        let wanted: Vec<IpAddr> = ips
-            .iter()
-            .map(|i| i.address.ip())
-            .filter(|ip| ip.is_ipv6() == v6)
-            .collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let have = host.routes(v6, false).await.map_err(nl_err)?;
-        for ip in wanted {
-            let dst = host_net(ip);
-            if !have
+        for v6 in [false, true] {
+            let wanted: Vec<IpAddr> = check
+                .ips
                 .iter()
-                .any(|r| r.dst == dst && r.oif == Some(veth.index) && r.gw.is_none())
-            {
+                .map(|i| i.address.ip())
+                .filter(|ip| ip.is_ipv6() == v6)
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let have = host.routes(v6, false).await.map_err(nl_err)?;
+            for ip in wanted {
+                let dst = host_net(ip);
+                if !have
+                    .iter()
+                    .any(|r| r.dst == dst && r.oif == Some(veth.index) && r.gw.is_none())
+                {
+                    return Err(check_err(format!(
+                        "host route {dst} dev {veth_name} is missing"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The gateway's permanent neighbour entry, per family.
+    async fn check_pod(&self, check: &Check<'_>, pod: End<'_>) -> Result<(), CniError> {
+        let End { netlink: pod, link } = pod;
+        let neighbours = pod.neighbours(link.index).await.map_err(nl_err)?;
+        for v6 in [false, true] {
+            if !check.ips.iter().any(|i| i.address.is_ipv6() == v6) {
+                continue;
+            }
+            let gw = gateway(v6);
+            let pinned = neighbours.iter().any(|n| {
+                n.ip == gw
+                    && n.permanent
+                    && n.mac
+                        .as_deref()
+                        .is_some_and(|m| m.eq_ignore_ascii_case(HOST_VETH_MAC_STR))
+            });
+            if !pinned {
                 return Err(check_err(format!(
-                    "host route {dst} dev {host_name} is missing"
+                    "permanent neighbour {gw} -> {HOST_VETH_MAC_STR} is missing on {}",
+                    link.name
                 )));
             }
         }
+        Ok(())
     }
-    Ok(())
-}
-
-/// CHECK of the pod side: interface and MAC, addresses, gateway neighbour, routes.
-async fn check_pod(
-    pod: &Netlink,
-    ifname: &str,
-    want_if: &Interface,
-    ips: &[&IpConfig],
-    routes: &[Route],
-) -> Result<(), CniError> {
-    let link: LinkInfo = pod
-        .link_by_name(ifname)
-        .await
-        .map_err(nl_err)?
-        .ok_or_else(|| check_err(format!("{ifname} is missing in the pod")))?;
-    if let (Some(want), Some(have)) = (&want_if.mac, &link.mac) {
-        if !want.eq_ignore_ascii_case(have) {
-            return Err(check_err(format!(
-                "{ifname} has MAC {have}, expected {want}"
-            )));
-        }
-    }
-    let addrs = pod.addresses(link.index).await.map_err(nl_err)?;
-    for ip in ips {
-        if !addrs.iter().any(|a| a.address == ip.address) {
-            return Err(check_err(format!(
-                "address {} is missing on {ifname}",
-                ip.address
-            )));
-        }
-    }
-    let neighbours = pod.neighbours(link.index).await.map_err(nl_err)?;
-    for v6 in [false, true] {
-        if !ips.iter().any(|i| i.address.is_ipv6() == v6) {
-            continue;
-        }
-        let gw = gateway(v6);
-        let pinned = neighbours.iter().any(|n| {
-            n.ip == gw
-                && n.permanent
-                && n.mac
-                    .as_deref()
-                    .is_some_and(|m| m.eq_ignore_ascii_case(HOST_VETH_MAC_STR))
-        });
-        if !pinned {
-            return Err(check_err(format!(
-                "permanent neighbour {gw} -> {HOST_VETH_MAC_STR} is missing on {ifname}"
-            )));
-        }
-    }
-    for v6 in [false, true] {
-        let wanted: Vec<&Route> = routes.iter().filter(|r| r.dst.is_ipv6() == v6).collect();
-        if wanted.is_empty() {
-            continue;
-        }
-        let have = pod.routes(v6, true).await.map_err(nl_err)?;
-        for r in wanted {
-            let found = have
-                .iter()
-                .any(|h| h.dst == r.dst && (r.gw.is_none() || h.gw == r.gw));
-            if !found {
-                let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-                return Err(check_err(format!(
-                    "route {}{via} is missing in the pod",
-                    r.dst
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-impl Plugin for Routed {
-    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
-        let conf = RoutedConf::from_netconf(&args.conf)?;
-        let pod_ns = open_netns(args)?;
-        // Entering the pod's namespace costs a thread and a setns: overlap it with IPAM.
-        let pod_socket = Netlink::open_in_background(&pod_ns).map_err(nl_err)?;
-        block_on(self.add_async(args, &conf, &pod_ns, pod_socket))?
-    }
-
-    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
-        RoutedConf::from_netconf(&args.conf)?;
-        let mut errors: Vec<CniError> = Vec::new();
-        let res = block_on(async {
-            let host = Netlink::current().map_err(nl_err)?;
-            let host_name = host_veth_name(&args.container_id, &args.ifname);
-            // IPAM first, like the reference plugins: the address is released even if link
-            // teardown fails.
-            if let Err(e) = IpamClient::for_args(args).and_then(|i| i.release()) {
-                errors.push(e);
-            }
-            // The host routes and neighbours of the attachment go with the veth. Returns once
-            // the pair has left both namespaces (the kernel's reclamation continues in a
-            // detached child, see reef_netlink::detached).
-            let veth_present = host
-                .link_by_name(&host_name)
-                .await
-                .map_err(nl_err)?
-                .is_some();
-            if veth_present && host.delete_link_fast(&host_name).await.map_err(nl_err)? {
-                return Ok(());
-            }
-            // The host end is gone; if the pod end survived (a foreign host name), remove it.
-            delete_pod_end(args).await
-        });
-        if let Err(e) = res.and_then(|r| r) {
-            errors.push(e);
-        }
-        CniError::all(errors)
-    }
-
-    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
-        RoutedConf::from_netconf(&args.conf)?;
-        let prev = args.conf.prev_result.as_ref().ok_or_else(|| {
-            CniError::invalid_config("CHECK needs prevResult (the result of ADD)")
-        })?;
-        IpamClient::for_args(args)?.run(Command::Check)?;
-        let pod_ns = open_netns(args)?;
-        let pod_if_index = pod_interface_index(prev, &args.ifname)?;
-        let want_if = &prev.interfaces[pod_if_index];
-        let ips: Vec<&IpConfig> = prev
-            .ips
-            .iter()
-            .filter(|i| i.interface.is_none_or(|x| x == pod_if_index))
-            .collect();
-        let host_name = host_veth_name(&args.container_id, &args.ifname);
-        block_on(async {
-            let host = Netlink::current().map_err(nl_err)?;
-            check_host(&host, &host_name, &ips).await?;
-            let pod = Netlink::open_in(&pod_ns, || Ok(())).map_err(nl_err)?;
-            check_pod(&pod, &args.ifname, want_if, &ips, &prev.routes).await
-        })?
-    }
-
-    /// GC: IPAM records and host veths (found by alias) of attachments the runtime no longer
-    /// lists. A veth takes its host routes with it.
-    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
-        RoutedConf::from_netconf(&args.conf)?;
-        // Refuse a malformed attachment list before touching anything.
-        args.conf.valid_attachments()?;
-        let mut errors: Vec<CniError> = Vec::new();
-        if let Err(e) = IpamClient::for_args(args).and_then(|i| i.gc()) {
-            errors.push(e);
-        }
-        let stale = gc_stale_veths(args);
-        match stale {
-            Ok(removed) if !removed.is_empty() => {
-                eprintln!("reef-routed: GC removed stale host veths {removed:?}");
-            }
-            Ok(_) => {}
-            Err(e) => errors.push(e),
-        }
-        CniError::all(errors)
-    }
-
-    /// STATUS: anything that would make ADD fail is "not available" (50).
-    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
-        RoutedConf::from_netconf(&args.conf)?;
-        status_via_ipam(args)
-    }
+    // DEL and GC: nothing but the veth, which takes the host routes and neighbours with it.
 }
 
 #[cfg(test)]

@@ -1,0 +1,344 @@
+//! The CNI verbs of a veth-pair main plugin, around its [`HostSide`].
+
+use crate::{block_on, check_err, nl_err, open_netns, pod, Add, Check, HostSide, Released};
+use reef_cni::attachment::{host_veth_alias, host_veth_name, parse_host_veth_alias};
+use reef_cni::ipam::{InProcessIpam, IpamClient};
+use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin};
+use reef_netlink::{NetNs, Netlink, PendingNetlink};
+use std::collections::HashSet;
+use std::marker::PhantomData;
+
+/// A main plugin: one veth pair per attachment, host side `H`, IPAM through `ipam` when
+/// `ipam.type` names it (in-process), else exec'd.
+pub struct VethPlugin<'a, H> {
+    ipam: &'a dyn InProcessIpam,
+    host_side: PhantomData<fn() -> H>,
+}
+
+impl<'a, H: HostSide> VethPlugin<'a, H> {
+    pub fn new(ipam: &'a dyn InProcessIpam) -> VethPlugin<'a, H> {
+        VethPlugin {
+            ipam,
+            host_side: PhantomData,
+        }
+    }
+
+    fn ipam_for(&self, args: &'a CmdArgs) -> Result<IpamClient<'a>, CniError> {
+        IpamClient::for_args(args, self.ipam)
+    }
+
+    async fn add_async(
+        &self,
+        host_side: &H,
+        args: &'a CmdArgs,
+        pod_ns: &NetNs,
+        pod_socket: PendingNetlink,
+    ) -> Result<CniResult, CniError> {
+        let host = Netlink::current().map_err(nl_err)?;
+        refuse_live_duplicate(&host, args).await?;
+        let host_name = host_veth_name(&args.container_id, &args.ifname);
+        let ipam = self.ipam_for(args)?;
+        let ipam_result = ipam_add(&ipam, &host_name)?;
+        let mut veth_created = false;
+        let res = add_links(
+            host_side,
+            args,
+            &ipam_result,
+            pod_ns,
+            pod_socket,
+            &host,
+            &mut veth_created,
+        )
+        .await;
+        if res.is_err() {
+            // Undo in reverse: the veth pair (its host routes and neighbours go with it, the
+            // pod end with its peer), then the IPAM reservation.
+            if veth_created {
+                let _ = host.delete_link(&host_name).await;
+            }
+            let _ = ipam.run(Command::Del);
+        }
+        res
+    }
+}
+
+/// ADD once IPAM has answered: the host side, the pair, the pod end, the result.
+async fn add_links<H: HostSide>(
+    host_side: &H,
+    args: &CmdArgs,
+    ipam: &CniResult,
+    pod_ns: &NetNs,
+    pod_socket: PendingNetlink,
+    host: &Netlink,
+    veth_created: &mut bool,
+) -> Result<CniResult, CniError> {
+    let plan = host_side.prepare_host(host, ipam).await?;
+    let host_name = host_veth_name(&args.container_id, &args.ifname);
+    let alias = host_veth_alias(&args.conf.name, &args.container_id, &args.ifname);
+    host.create_veth_with_mac(
+        &host_name,
+        &args.ifname,
+        pod_ns,
+        plan.mtu,
+        plan.controller,
+        Some(&alias),
+        plan.mac.as_ref().map(|m| &m[..]),
+    )
+    .await
+    .map_err(|e| {
+        if e.is_exists() {
+            CniError::new(
+                codes::NETLINK,
+                format!(
+                    "interface {} already exists in the pod or {host_name} on the host",
+                    args.ifname
+                ),
+            )
+        } else {
+            nl_err(e)
+        }
+    })?;
+    *veth_created = true;
+    let host_link = host
+        .link_by_name(&host_name)
+        .await
+        .map_err(nl_err)?
+        .ok_or_else(|| CniError::new(codes::NETLINK, format!("{host_name} vanished")))?;
+    let add = Add {
+        args,
+        host,
+        veth: &host_link,
+        ipam,
+    };
+    host_side.host_veth_created(&add).await?;
+
+    let pod = pod_socket.connect().map_err(nl_err)?;
+    let mut ips = host_side.pod_ips(ipam);
+    let routes = host_side.pod_routes(ipam);
+    let pod_link = pod::configure(host_side, &add, &pod, &ips, &routes).await?;
+    host_side.finish_add(&add, &pod_link).await?;
+
+    let mut result = ipam.clone();
+    result.interfaces = plan.interfaces;
+    result.interfaces.push(Interface {
+        name: host_name,
+        mac: host_link.mac.clone(),
+        mtu: host_link.mtu,
+        sandbox: None,
+    });
+    let pod_index = result.interfaces.len();
+    result.interfaces.push(Interface {
+        name: args.ifname.clone(),
+        mac: pod_link.mac.clone(),
+        mtu: pod_link.mtu,
+        sandbox: args.netns.clone(),
+    });
+    for ip in &mut ips {
+        ip.interface = Some(pod_index);
+    }
+    result.ips = ips;
+    result.routes = routes;
+    if result.dns.is_empty() {
+        if let Some(dns) = &args.conf.dns {
+            result.dns = dns.clone();
+        }
+    }
+    Ok(result)
+}
+
+impl<H: HostSide> Plugin for VethPlugin<'_, H> {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, CniError> {
+        let host_side = H::from_netconf(&args.conf)?;
+        let pod_ns = open_netns(args)?;
+        // Entering the pod's namespace costs a thread and a setns: overlap it with IPAM.
+        let pod_socket = Netlink::open_in_background(&pod_ns).map_err(nl_err)?;
+        block_on(self.add_async(&host_side, args, &pod_ns, pod_socket))?
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let host_side = H::from_netconf(&args.conf)?;
+        let mut del = Released {
+            args,
+            ips: None,
+            errors: Vec::new(),
+        };
+        // Dropped at the end of DEL, after the veth deletion: see `HostSide::Teardown`.
+        let mut teardown: Option<H::Teardown> = None;
+        let res = block_on(async {
+            let host = Netlink::current().map_err(nl_err)?;
+            let host_name = host_veth_name(&args.container_id, &args.ifname);
+            let veth_present = host
+                .link_by_name(&host_name)
+                .await
+                .map_err(nl_err)?
+                .is_some();
+            // IPAM first, like the reference plugins: the address is released even if link
+            // teardown fails, and in-process IPAM tells exactly what this attachment held.
+            match self.ipam_for(args).and_then(|i| i.release()) {
+                Ok(ips) => del.ips = ips,
+                Err(e) => del.errors.push(e),
+            }
+            teardown = Some(host_side.del_host(&mut del, veth_present).await);
+            // Returns once the pair has left both namespaces (taking the host routes and
+            // neighbours with it); the kernel's ~20 ms of reclamation after that is sat out by
+            // a detached child (reef_netlink::detached).
+            if veth_present && host.delete_link_fast(&host_name).await.map_err(nl_err)? {
+                return Ok(());
+            }
+            // The host end is gone; if the pod end survived (a foreign host name), remove it.
+            delete_pod_end(args).await
+        });
+        if let Err(e) = res.and_then(|r| r) {
+            del.errors.push(e);
+        }
+        drop(teardown);
+        CniError::all(del.errors)
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let host_side = H::from_netconf(&args.conf)?;
+        let prev = args.conf.prev_result.as_ref().ok_or_else(|| {
+            CniError::invalid_config("CHECK needs prevResult (the result of ADD)")
+        })?;
+        self.ipam_for(args)?.run(Command::Check)?;
+        let pod_ns = open_netns(args)?;
+        let pod_if_index = pod_interface_index(prev, &args.ifname)?;
+        let want_if = &prev.interfaces[pod_if_index];
+        let ips: Vec<&IpConfig> = prev
+            .ips
+            .iter()
+            .filter(|i| i.interface.is_none_or(|x| x == pod_if_index))
+            .collect();
+        let host_name = host_veth_name(&args.container_id, &args.ifname);
+        let check = Check {
+            args,
+            prev,
+            ips: &ips,
+            veth_name: &host_name,
+        };
+        block_on(async {
+            let host = Netlink::current().map_err(nl_err)?;
+            host_side.check_host(&check, &host).await?;
+            let pod = Netlink::open_in(&pod_ns, || Ok(())).map_err(nl_err)?;
+            pod::check(&host_side, &check, &pod, want_if).await
+        })??;
+        host_side.check_rest(&check)
+    }
+
+    /// GC: everything this network holds for attachments the runtime no longer lists: IPAM
+    /// records, the host side's state of the released addresses, and host veths (by alias).
+    fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let host_side = H::from_netconf(&args.conf)?;
+        // Refuse a malformed attachment list before touching anything.
+        args.conf.valid_attachments()?;
+        let mut gc = Released {
+            args,
+            ips: None,
+            errors: Vec::new(),
+        };
+        match self.ipam_for(args).and_then(|i| i.gc()) {
+            Ok(ips) => gc.ips = ips,
+            Err(e) => gc.errors.push(e),
+        }
+        // Kept until the stale veths are gone: see `HostSide::Teardown`.
+        let _teardown = host_side.gc_host(&mut gc);
+        match gc_stale_veths(args) {
+            Ok(removed) if !removed.is_empty() => {
+                eprintln!("{}: GC removed stale host veths {removed:?}", H::PLUGIN);
+            }
+            Ok(_) => {}
+            Err(e) => gc.errors.push(e),
+        }
+        CniError::all(gc.errors)
+    }
+
+    /// STATUS: anything that would make ADD fail is "not available" (50).
+    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        H::from_netconf(&args.conf)?;
+        self.ipam_for(args)?
+            .run(Command::Status)
+            .map_err(|e| match e.code {
+                codes::NOT_AVAILABLE | codes::LIMITED_CONNECTIVITY => e,
+                _ => CniError::new(codes::NOT_AVAILABLE, format!("IPAM unavailable: {}", e.msg))
+                    .with_details(e.details),
+            })
+    }
+}
+
+/// A second ADD of a live attachment must fail before IPAM: IPAM would hand back the same
+/// address and the rollback would then release the live pod's reservation.
+async fn refuse_live_duplicate(host: &Netlink, args: &CmdArgs) -> Result<(), CniError> {
+    let host_name = host_veth_name(&args.container_id, &args.ifname);
+    if host
+        .link_by_name(&host_name)
+        .await
+        .map_err(nl_err)?
+        .is_some()
+    {
+        return Err(CniError::new(
+            codes::NETLINK,
+            format!(
+                "attachment {}/{} already exists (host interface {host_name}); DEL it first",
+                args.container_id, args.ifname
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// IPAM ADD for an attachment whose host interface will be `host_name`; an empty answer is
+/// released and refused.
+fn ipam_add(ipam: &IpamClient, host_name: &str) -> Result<CniResult, CniError> {
+    let result = ipam.add(host_name)?;
+    if result.ips.is_empty() {
+        let _ = ipam.run(Command::Del);
+        return Err(CniError::new(codes::DELEGATE, "IPAM returned no addresses"));
+    }
+    Ok(result)
+}
+
+/// DEL's last step when the host end was already gone: a pod end that survived (created under
+/// a foreign host name) is removed if it is a veth.
+async fn delete_pod_end(args: &CmdArgs) -> Result<(), CniError> {
+    let Some(ns) = args.netns.as_deref().and_then(|p| NetNs::open(p).ok()) else {
+        return Ok(());
+    };
+    let pod = Netlink::open_in(&ns, || Ok(())).map_err(nl_err)?;
+    if let Some(l) = pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
+        if l.kind.as_deref() == Some("veth") {
+            pod.delete_link(&args.ifname).await.map_err(nl_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// GC of host veths: every veth labelled for this network whose attachment the runtime no
+/// longer lists is deleted (taking its routes and neighbours with it). Returns their names.
+fn gc_stale_veths(args: &CmdArgs) -> Result<Vec<String>, CniError> {
+    let valid: HashSet<(String, String)> = args.conf.valid_attachments()?.into_iter().collect();
+    block_on(async {
+        let host = Netlink::current().map_err(nl_err)?;
+        let mut removed = Vec::new();
+        for l in host.links().await.map_err(nl_err)? {
+            let Some(alias) = l.alias.as_deref() else {
+                continue;
+            };
+            let Some((cid, ifname)) = parse_host_veth_alias(alias, &args.conf.name) else {
+                continue;
+            };
+            if !valid.contains(&(cid.to_string(), ifname.to_string())) {
+                host.delete_link(&l.name).await.map_err(nl_err)?;
+                removed.push(l.name);
+            }
+        }
+        Ok(removed)
+    })?
+}
+
+/// The index of the pod's interface in prevResult (CHECK).
+fn pod_interface_index(prev: &CniResult, ifname: &str) -> Result<usize, CniError> {
+    prev.interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox.is_some())
+        .ok_or_else(|| check_err(format!("prevResult has no interface {ifname} in a sandbox")))
+}
