@@ -8,7 +8,7 @@ use reef_attach::{
 };
 use reef_cni::attachment::{host_veth_alias, host_veth_name};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, Plugin, Route};
-use reef_firewall::{nftables::Nftables, Firewall, Masquerade};
+use reef_firewall::Masquerade;
 use reef_ipam::client::IpamClient;
 use reef_netlink::{sysctl, NetNs, Netlink, PendingNetlink, RouteSpec};
 use std::net::IpAddr;
@@ -90,7 +90,9 @@ struct Undo {
 impl Undo {
     async fn run(self, host: &Netlink, args: &CmdArgs) {
         if let Some((net, ips)) = &self.masq {
-            let _ = Nftables::new().del_masquerade(net, ips);
+            if let Ok(mut fw) = reef_firewall::driver_from_env() {
+                let _ = fw.del_masquerade(net, ips);
+            }
         }
         if let Some(veth) = &self.veth {
             let _ = host.delete_link(veth).await;
@@ -254,7 +256,10 @@ impl Bridge {
             let nets: Vec<IpNetwork> = result.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
             undo.masq = Some((args.conf.name.clone(), ips.clone()));
-            if let Err(e) = Nftables::new().add_masquerade(&Self::masquerade(args, &nets), &ips) {
+            let fw = reef_firewall::driver_from_env();
+            if let Err(e) =
+                fw.and_then(|mut fw| fw.add_masquerade(&Self::masquerade(args, &nets), &ips))
+            {
                 res = Err(fw_err(e));
             }
         }
@@ -312,7 +317,7 @@ impl Plugin for Bridge {
         let conf = BridgeConf::from_netconf(&args.conf)?;
         let mut errors: Vec<CniError> = Vec::new();
         // Dropped at the end of DEL, after the veth deletion: see `Firewall`.
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         let res = block_on(async {
             let host = Netlink::current().map_err(nl_err)?;
             let host_name = host_veth_name(&args.container_id, &args.ifname);
@@ -452,8 +457,8 @@ impl Plugin for Bridge {
         if conf.ip_masq {
             let nets: Vec<IpNetwork> = prev.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-            Nftables::new()
-                .check_masquerade(&Self::masquerade(args, &nets), &ips)
+            reef_firewall::driver_from_env()
+                .and_then(|mut fw| fw.check_masquerade(&Self::masquerade(args, &nets), &ips))
                 .map_err(|e| check_err(e.to_string()))?;
         }
         Ok(())
@@ -471,7 +476,7 @@ impl Plugin for Bridge {
             errors.push(e);
             None
         });
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         if let (true, Some(ips)) = (conf.ip_masq, &released) {
             if let Err(e) = fw.del_masquerade(&args.conf.name, ips) {
                 errors.push(fw_err(e));

@@ -1,12 +1,14 @@
 //! natOutgoing: pod traffic leaving the pools is masqueraded to the node's address; traffic
 //! between pods (any pool) never is. One nftables table, replaced atomically whenever the
-//! pools change (once per config change, not per pod).
+//! pools change (once per config change, not per pod), programmed by the firewall driver
+//! (reef_firewall, over netlink: no `nft` process).
 
 use reef_schema::Pool;
 
 pub const TABLE: &str = "reef-nat";
 
-/// The whole table as one `nft -f` transaction: create-if-absent, delete, define. Applying it
+/// The same table as an `nft -f` script (what the driver's netlink transaction amounts to;
+/// for people and tests): one transaction: create-if-absent, delete, define. Applying it
 /// twice is harmless and nobody ever sees a half-built table.
 pub fn script(pools: &[Pool]) -> String {
     let list = |v4: bool, nat_only: bool| -> Vec<String> {
@@ -37,7 +39,14 @@ pub fn script(pools: &[Pool]) -> String {
 }
 
 pub fn apply(pools: &[Pool]) -> Result<(), reef_firewall::Error> {
-    reef_firewall::nftables::run_nft(&script(pools), "program natOutgoing").map(|_| ())
+    let pools: Vec<reef_firewall::NatPool> = pools
+        .iter()
+        .map(|p| reef_firewall::NatPool {
+            cidr: p.cidr,
+            nat_outgoing: p.nat_outgoing,
+        })
+        .collect();
+    reef_firewall::driver_from_env()?.sync_nat_outgoing(&pools)
 }
 
 #[cfg(test)]
