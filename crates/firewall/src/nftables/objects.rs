@@ -306,17 +306,13 @@ impl NfNetlink {
         let mut out = Vec::new();
         let errs = self.exchange(vec![req], |_, m| {
             if let NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)) = m.inner {
-                // A dump filtered by table and chain in the request still returns every
-                // rule of the family on older kernels: filter here too.
-                let is = |want: &str, a: &RuleAttribute| match a {
-                    RuleAttribute::Table(t) => t == want,
+                // Keep only this chain's rules, whatever the kernel's dump filter did.
+                let ours = |a: &RuleAttribute| match a {
+                    RuleAttribute::Table(t) => t == table,
+                    RuleAttribute::Chain(c) => c == chain,
                     _ => false,
                 };
-                let in_chain = r
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RuleAttribute::Chain(c) if c == chain));
-                if r.attributes.iter().any(|a| is(table, a)) && in_chain {
+                if r.attributes.iter().filter(|a| ours(a)).count() == 2 {
                     out.push(r);
                 }
             }
