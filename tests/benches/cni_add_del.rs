@@ -8,7 +8,9 @@
 //! network up and down) on its embedded default network.
 //!
 //! `cargo build --release && cargo bench -p reef-tests --bench cni_add_del`
-//! Environment: `REEF_BENCH_ROUNDS` (default 100).
+//! Environment: `REEF_BENCH_ROUNDS` (default 100); `REEF_BENCH_BASELINE=DIR` adds a third
+//! side, Reef's plugins from DIR (e.g. built from an earlier commit), interleaved with the
+//! other two, to show a change's effect in one run.
 
 use reef_tests::{cni_path, cnitool_bin, tempdir, write_conflist, Cnitool, Netns};
 use serde_json::{json, Value};
@@ -23,6 +25,7 @@ struct Side {
     conflist: std::path::PathBuf,
     cache: std::path::PathBuf,
     cap_args: Option<Value>,
+    cni_path: String,
 }
 
 impl Side {
@@ -36,7 +39,14 @@ impl Side {
             conflist,
             cache,
             cap_args: None,
+            cni_path: cni_path(),
         }
+    }
+
+    /// Plugins from `dir` first (a baseline build), then the usual path.
+    fn with_plugins_from(mut self, dir: &str) -> Side {
+        self.cni_path = format!("{dir}:{}", cni_path());
+        self
     }
 
     fn with_cap_args(mut self, v: Value) -> Side {
@@ -47,7 +57,7 @@ impl Side {
     fn run(&self, rounds: usize, tag: &str) -> Figures {
         let prefix = format!("rb{}{}-", std::process::id(), tag);
         let mut tool = Cnitool::new(&self.host, &self.cache)
-            .cni_path(cni_path())
+            .cni_path(self.cni_path.clone())
             .timeout(Duration::from_secs(900));
         if let Some(c) = &self.cap_args {
             tool = tool.cap_args(c);
@@ -97,18 +107,19 @@ fn avg(v: &[Figures]) -> Figures {
     }
 }
 
-/// Reef and the reference, warmed up, then two interleaved halves each; figures averaged.
-fn compare(reef: &Side, reference: &Side, rounds: usize) -> (Figures, Figures) {
-    reef.run(5, "w");
-    reference.run(5, "w");
-    let half = rounds.div_ceil(2);
-    let mut r = Vec::new();
-    let mut f = Vec::new();
-    for tag in ["a", "b"] {
-        r.push(reef.run(half, tag));
-        f.push(reference.run(half, tag));
+/// Every side warmed up, then two interleaved halves each; figures averaged, per side.
+fn compare(sides: &[&Side], rounds: usize) -> Vec<Figures> {
+    for s in sides {
+        s.run(5, "w");
     }
-    (avg(&r), avg(&f))
+    let half = rounds.div_ceil(2);
+    let mut runs: Vec<Vec<Figures>> = sides.iter().map(|_| Vec::new()).collect();
+    for tag in ["a", "b"] {
+        for (s, r) in sides.iter().zip(runs.iter_mut()) {
+            r.push(s.run(half, tag));
+        }
+    }
+    runs.iter().map(|r| avg(r)).collect()
 }
 
 fn row(label: &str, f: &Figures) {
@@ -118,10 +129,10 @@ fn row(label: &str, f: &Figures) {
     );
 }
 
-fn ratio(r: &Figures, f: &Figures) {
+fn ratio(label: &str, r: &Figures, f: &Figures) {
     println!(
         "{:<52} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-        "  ratio reef/reference",
+        label,
         r.add_p50 / f.add_p50,
         r.add_p90 / f.add_p90,
         r.del_p50 / f.del_p50,
@@ -186,8 +197,27 @@ fn main() {
         d,
         bridge_conf("benchref", d, "bridge", "host-local", "10.211.0.0/16", None),
     );
-    let (r1, f1) = compare(&reef, &reference, rounds);
-    drop((reef, reference));
+    let baseline = std::env::var("REEF_BENCH_BASELINE").ok();
+    let base = baseline.as_deref().map(|b| {
+        Side::new(
+            "reefbase",
+            d,
+            bridge_conf(
+                "benchbase",
+                d,
+                "reef-bridge",
+                "reef-ipam",
+                "10.214.0.0/16",
+                None,
+            ),
+        )
+        .with_plugins_from(b)
+    });
+    let mut sides = vec![&reef, &reference];
+    sides.extend(base.as_ref());
+    let res1 = compare(&sides, rounds);
+    drop(sides);
+    drop((reef, reference, base));
     let reef_pm = Side::new(
         "reefpm",
         d,
@@ -213,21 +243,54 @@ fn main() {
             Some("portmap"),
         ),
     )
-    .with_cap_args(mapping);
-    let (r2, f2) = compare(&reef_pm, &ref_pm, rounds);
-    drop((reef_pm, ref_pm));
+    .with_cap_args(mapping.clone());
+    let base_pm = baseline.as_deref().map(|b| {
+        Side::new(
+            "basepm",
+            d,
+            bridge_conf(
+                "benchbasepm",
+                d,
+                "reef-bridge",
+                "reef-ipam",
+                "10.215.0.0/16",
+                Some("reef-portmap"),
+            ),
+        )
+        .with_cap_args(mapping.clone())
+        .with_plugins_from(b)
+    });
+    let mut sides = vec![&reef_pm, &ref_pm];
+    sides.extend(base_pm.as_ref());
+    let res2 = compare(&sides, rounds);
+    drop(sides);
+    drop((reef_pm, ref_pm, base_pm));
 
     println!("ADD+DEL through libcni, {rounds} rounds per side (two interleaved halves, figures averaged), own pod netns per round");
     println!(
         "{:<52} {:>9} {:>9} {:>9} {:>9}",
         "ms", "ADD p50", "ADD p90", "DEL p50", "DEL p90"
     );
-    row("reef-bridge + reef-ipam + ipMasq", &r1);
-    row("reference bridge + host-local + ipMasq", &f1);
-    ratio(&r1, &f1);
-    row("reef-bridge + reef-ipam + ipMasq + reef-portmap", &r2);
-    row("reference bridge + host-local + ipMasq + portmap", &f2);
-    ratio(&r2, &f2);
+    for (res, what) in [(&res1, ""), (&res2, " + portmap")] {
+        let reef_label = format!(
+            "reef-bridge + reef-ipam + ipMasq{}",
+            if what.is_empty() {
+                ""
+            } else {
+                " + reef-portmap"
+            }
+        );
+        row(&reef_label, &res[0]);
+        row(
+            &format!("reference bridge + host-local + ipMasq{what}"),
+            &res[1],
+        );
+        ratio("  ratio reef/reference", &res[0], &res[1]);
+        if let Some(b) = res.get(2) {
+            row(&format!("{reef_label} (baseline)"), b);
+            ratio("  ratio reef/baseline", &res[0], b);
+        }
+    }
     println!("targets: ADD p50 <= 0.20x, DEL p50 <= 0.35x the reference");
     let (p50, p90) = reef_run_true(20);
     println!("reef-run -- true (default network, process start to exit): p50 {p50:.1} ms, p90 {p90:.1} ms");

@@ -1,4 +1,5 @@
-//! Conntrack cleanup over ctnetlink (hand-written like `nfnetlink`, same socket type).
+//! Conntrack cleanup over ctnetlink (messages typed by `netlink-packet-netfilter`, on the
+//! same nfnetlink socket as nf_tables).
 //!
 //! Only a rare path uses it: when a UDP port mapping is removed, conntrack entries that were
 //! DNATed through it would keep steering the flow's later datagrams to the old pod (UDP
@@ -8,33 +9,19 @@
 //! then every match is deleted by its original tuple; an entry that disappeared meanwhile
 //! (ENOENT) is fine.
 
-use crate::nfnetlink::{
-    attr, Msg, NfNetlink, NFNL_SUBSYS_CTNETLINK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+use crate::nfnetlink::{NfNetlink, Request};
+use netlink_packet_core::{DefaultNla, Nla, NLM_F_ACK, NLM_F_DUMP};
+use netlink_packet_netfilter::conntrack::{
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple as CtTuple,
 };
+use netlink_packet_netfilter::NetfilterMessageInner;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-const IPCTNL_MSG_CT_NEW: u16 = 0;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
+/// `CTA_ZONE`: the crate has no variant for it; it is kept as a raw attribute.
 const CTA_ZONE: u16 = 18;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-
-fn ct_type(t: u16) -> u16 {
-    (NFNL_SUBSYS_CTNETLINK << 8) | t
-}
+const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
 
 /// One direction of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,60 +34,54 @@ pub struct Tuple {
 }
 
 impl Tuple {
-    fn parse(buf: &[u8]) -> Option<Tuple> {
-        let ip = attr(buf, CTA_TUPLE_IP)?;
-        let addr = |v4: u16, v6: u16| -> Option<IpAddr> {
-            if let Some(a) = attr(ip, v4) {
-                let o: [u8; 4] = a.get(..4)?.try_into().ok()?;
-                return Some(Ipv4Addr::from(o).into());
+    fn parse(attrs: &[CtTuple]) -> Option<Tuple> {
+        let (mut src, mut dst, mut proto) = (None, None, None);
+        let (mut sport, mut dport) = (0, 0);
+        for a in attrs {
+            match a {
+                CtTuple::Ip(ips) => {
+                    for i in ips {
+                        match i {
+                            IPTuple::SourceAddress(a) => src = Some(*a),
+                            IPTuple::DestinationAddress(a) => dst = Some(*a),
+                            _ => {}
+                        }
+                    }
+                }
+                CtTuple::Proto(ps) => {
+                    for p in ps {
+                        match p {
+                            ProtoTuple::Protocol(n) => proto = Some(u8::from(*n)),
+                            ProtoTuple::SourcePort(n) => sport = *n,
+                            ProtoTuple::DestinationPort(n) => dport = *n,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
             }
-            let a = attr(ip, v6)?;
-            let o: [u8; 16] = a.get(..16)?.try_into().ok()?;
-            Some(Ipv6Addr::from(o).into())
-        };
-        let proto = attr(buf, CTA_TUPLE_PROTO)?;
-        let port = |t: u16| {
-            attr(proto, t)
-                .and_then(|p| p.get(..2))
-                .map(|p| u16::from_be_bytes([p[0], p[1]]))
-                .unwrap_or(0)
-        };
+        }
         Some(Tuple {
-            src: addr(CTA_IP_V4_SRC, CTA_IP_V6_SRC)?,
-            dst: addr(CTA_IP_V4_DST, CTA_IP_V6_DST)?,
-            proto: *attr(proto, CTA_PROTO_NUM)?.first()?,
-            sport: port(CTA_PROTO_SRC_PORT),
-            dport: port(CTA_PROTO_DST_PORT),
+            src: src?,
+            dst: dst?,
+            proto: proto?,
+            sport,
+            dport,
         })
     }
 
-    fn write(&self, m: &mut Msg, ty: u16) {
-        let t = m.nest(ty);
-        let ip = m.nest(CTA_TUPLE_IP);
-        match (self.src, self.dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => {
-                m.attr(CTA_IP_V4_SRC, &s.octets());
-                m.attr(CTA_IP_V4_DST, &d.octets());
-            }
-            (s, d) => {
-                m.attr(CTA_IP_V6_SRC, &v6(s).octets());
-                m.attr(CTA_IP_V6_DST, &v6(d).octets());
-            }
-        }
-        m.end_nest(ip);
-        let p = m.nest(CTA_TUPLE_PROTO);
-        m.attr(CTA_PROTO_NUM, &[self.proto]);
-        m.attr(CTA_PROTO_SRC_PORT, &self.sport.to_be_bytes());
-        m.attr(CTA_PROTO_DST_PORT, &self.dport.to_be_bytes());
-        m.end_nest(p);
-        m.end_nest(t);
-    }
-}
-
-fn v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V4(a) => a.to_ipv6_mapped(),
-        IpAddr::V6(a) => a,
+    fn attrs(&self) -> Vec<CtTuple> {
+        vec![
+            CtTuple::Ip(vec![
+                IPTuple::SourceAddress(self.src),
+                IPTuple::DestinationAddress(self.dst),
+            ]),
+            CtTuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::from(self.proto)),
+                ProtoTuple::SourcePort(self.sport),
+                ProtoTuple::DestinationPort(self.dport),
+            ]),
+        ]
     }
 }
 
@@ -112,29 +93,48 @@ pub struct Entry {
     pub zone: Option<u16>,
 }
 
+impl Entry {
+    fn parse(attrs: &[ConntrackAttribute]) -> Option<Entry> {
+        let (mut orig, mut reply, mut zone) = (None, None, None);
+        for a in attrs {
+            match a {
+                ConntrackAttribute::CtaTupleOrig(t) => orig = Tuple::parse(t),
+                ConntrackAttribute::CtaTupleReply(t) => reply = Tuple::parse(t),
+                ConntrackAttribute::Other(nla) if nla.kind() == CTA_ZONE => {
+                    let mut v = vec![0u8; nla.value_len()];
+                    nla.emit_value(&mut v);
+                    zone = v.get(..2).map(|z| u16::from_be_bytes([z[0], z[1]]));
+                }
+                _ => {}
+            }
+        }
+        Some(Entry {
+            orig: orig?,
+            reply: reply?,
+            zone,
+        })
+    }
+}
+
+fn family(v6: bool) -> u8 {
+    if v6 {
+        AF_INET6
+    } else {
+        AF_INET
+    }
+}
+
 /// Every entry of the IPv4 (`v6 == false`) or IPv6 conntrack table.
 pub fn dump(nl: &mut NfNetlink, v6: bool) -> io::Result<Vec<Entry>> {
-    let seq = nl.next_seq();
-    let family = if v6 { AF_INET6 } else { AF_INET };
-    let m = Msg::new(
-        ct_type(IPCTNL_MSG_CT_GET),
-        NLM_F_REQUEST | NLM_F_DUMP,
-        seq,
-        family,
-        0,
+    let req = Request::new(
+        NetfilterMessageInner::Conntrack(ConntrackMessage::Get(Vec::new())),
+        family(v6),
+        NLM_F_DUMP,
     );
     let mut out = Vec::new();
-    let errs = nl.exchange(&m.finish(), &[seq], |r| {
-        if r.ty != ct_type(IPCTNL_MSG_CT_NEW) {
-            return;
-        }
-        let orig = attr(&r.body, CTA_TUPLE_ORIG).and_then(Tuple::parse);
-        let reply = attr(&r.body, CTA_TUPLE_REPLY).and_then(Tuple::parse);
-        let zone = attr(&r.body, CTA_ZONE)
-            .and_then(|z| z.get(..2))
-            .map(|z| u16::from_be_bytes([z[0], z[1]]));
-        if let (Some(orig), Some(reply)) = (orig, reply) {
-            out.push(Entry { orig, reply, zone });
+    let errs = nl.exchange(vec![req], |_, m| {
+        if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = m.inner {
+            out.extend(Entry::parse(&attrs));
         }
     })?;
     match errs.first().copied().unwrap_or(0) {
@@ -148,30 +148,24 @@ pub fn delete(nl: &mut NfNetlink, entries: &[Entry]) -> io::Result<usize> {
     if entries.is_empty() {
         return Ok(0);
     }
-    let mut buf = Vec::new();
-    let mut seqs = Vec::new();
-    for e in entries {
-        let seq = nl.next_seq();
-        seqs.push(seq);
-        let family = if e.orig.src.is_ipv4() {
-            AF_INET
-        } else {
-            AF_INET6
-        };
-        let mut m = Msg::new(
-            ct_type(IPCTNL_MSG_CT_DELETE),
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            family,
-            0,
-        );
-        e.orig.write(&mut m, CTA_TUPLE_ORIG);
-        if let Some(z) = e.zone {
-            m.attr(CTA_ZONE, &z.to_be_bytes());
-        }
-        buf.extend_from_slice(&m.finish());
-    }
-    let errs = nl.exchange(&buf, &seqs, |_| {})?;
+    let reqs: Vec<Request> = entries
+        .iter()
+        .map(|e| {
+            let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(e.orig.attrs())];
+            if let Some(z) = e.zone {
+                attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+                    CTA_ZONE,
+                    z.to_be_bytes().to_vec(),
+                )));
+            }
+            Request::new(
+                NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)),
+                family(e.orig.src.is_ipv6()),
+                NLM_F_ACK,
+            )
+        })
+        .collect();
+    let errs = nl.exchange(reqs, |_, _| {})?;
     let mut deleted = 0;
     for e in errs {
         match e {
@@ -266,7 +260,6 @@ pub fn flush_flows(nl: &mut NfNetlink, flows: &[Flow]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nfnetlink::attrs;
 
     #[test]
     fn flows_match_only_their_entries() {
@@ -319,22 +312,12 @@ mod tests {
             sport: 40000,
             dport: 5353,
         };
-        let mut m = Msg::new(0, 0, 0, 0, 0);
-        t.write(&mut m, CTA_TUPLE_ORIG);
-        let buf = m.finish();
-        let body = &buf[20..];
-        let inner = attr(body, CTA_TUPLE_ORIG).unwrap();
-        assert_eq!(Tuple::parse(inner), Some(t));
-        assert_eq!(attrs(body).count(), 1);
+        assert_eq!(Tuple::parse(&t.attrs()), Some(t));
         let t6 = Tuple {
             src: "fd00::1".parse().unwrap(),
             dst: "fd00::2".parse().unwrap(),
             ..t
         };
-        let mut m = Msg::new(0, 0, 0, 0, 0);
-        t6.write(&mut m, CTA_TUPLE_REPLY);
-        let buf = m.finish();
-        let inner = attr(&buf[20..], CTA_TUPLE_REPLY).unwrap();
-        assert_eq!(Tuple::parse(inner), Some(t6));
+        assert_eq!(Tuple::parse(&t6.attrs()), Some(t6));
     }
 }

@@ -12,18 +12,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
-
-/// fork() is only sound while this process has a single thread.
-fn single_threaded() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim() == "1"))
-        })
-        .unwrap_or(false)
-}
+use nix::unistd::Pid;
 
 fn dellink_request(name: &str) -> Vec<u8> {
     let mut link = LinkMessage::default();
@@ -42,20 +31,9 @@ fn dellink_request(name: &str) -> Vec<u8> {
     buf
 }
 
-/// In the child: send the request, wait for the kernel's answer, exit with its errno.
-fn child_delete(req: &[u8]) -> ! {
-    // Detach from the runtime's pipes so it sees EOF as soon as the parent exits.
-    // SAFETY: plain syscalls on fds we own; no allocation after fork matters here because
-    // the process was single-threaded when it forked.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-        }
-    }
-    let code = (|| -> std::io::Result<i32> {
+/// In the child: send the request, wait for the kernel's answer, return its errno.
+fn child_delete(req: &[u8]) -> i32 {
+    (|| -> std::io::Result<i32> {
         let sock = Socket::new(NETLINK_ROUTE)?;
         sock.send(req, 0)?;
         let mut buf = vec![0u8; 4096];
@@ -66,9 +44,7 @@ fn child_delete(req: &[u8]) -> ! {
         }
         Ok(0)
     })()
-    .unwrap_or(libc::EIO);
-    // SAFETY: _exit skips destructors and stdio flushing, which belong to the parent.
-    unsafe { libc::_exit(code.clamp(0, 255)) }
+    .unwrap_or(libc::EIO)
 }
 
 pub enum Started {
@@ -78,17 +54,12 @@ pub enum Started {
     Unavailable,
 }
 
-/// Starts deleting `name` in a forked child.
+/// Starts deleting `name` in a forked child (see `linger`).
 pub fn start(name: &str) -> Started {
-    if !single_threaded() {
-        return Started::Unavailable;
-    }
     let req = dellink_request(name);
-    // SAFETY: single-threaded (checked above); the child only does raw syscalls and _exit.
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => child_delete(&req),
-        Ok(ForkResult::Parent { child }) => Started::Child(child),
-        Err(_) => Started::Unavailable,
+    match crate::linger::spawn(|| child_delete(&req)) {
+        Some(child) => Started::Child(child),
+        None => Started::Unavailable,
     }
 }
 

@@ -7,6 +7,7 @@
 //! namespace.
 
 pub mod detached;
+pub mod linger;
 pub mod netns;
 pub mod ops;
 pub mod sysctl;

@@ -8,7 +8,7 @@ use reef_attach::{
     check_err, default_dst, existing_host_veth, nl_err, Add, Check, HostSide, HostVeth, Released,
 };
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Interface, NetConf, Route};
-use reef_firewall::{nftables::Nftables, Firewall, Masquerade};
+use reef_firewall::{driver_from_env, FirewallDriver, Masquerade};
 use reef_netlink::{sysctl, LinkInfo, NetNs, Netlink};
 use std::net::IpAddr;
 
@@ -95,8 +95,8 @@ fn is_link_local(ip: &IpAddr) -> bool {
 impl HostSide for Bridge {
     const PLUGIN: &'static str = "reef-bridge";
 
-    /// The nf_tables socket: see `Firewall`.
-    type Teardown = Nftables;
+    /// The firewall driver of DEL and GC, dropped after the veth is gone: see `Firewall`.
+    type Teardown = Option<Box<dyn FirewallDriver>>;
 
     fn from_netconf(conf: &NetConf) -> Result<Bridge, CniError> {
         BridgeConf::from_netconf(conf).map(|conf| Bridge { conf })
@@ -156,8 +156,9 @@ impl HostSide for Bridge {
         let args = add.args;
         let nets: Vec<IpNetwork> = add.ipam.ips.iter().map(|i| i.address).collect();
         let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-        if let Err(e) = Nftables::new().add_masquerade(&Self::masquerade(args, &nets), &ips) {
-            let _ = Nftables::new().del_masquerade(&args.conf.name, &ips);
+        let mut fw = driver_from_env().map_err(fw_err)?;
+        if let Err(e) = fw.add_masquerade(&Self::masquerade(args, &nets), &ips) {
+            let _ = fw.del_masquerade(&args.conf.name, &ips);
             return Err(fw_err(e));
         }
         Ok(())
@@ -185,8 +186,8 @@ impl HostSide for Bridge {
             let args = check.args;
             let nets: Vec<IpNetwork> = check.prev.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-            Nftables::new()
-                .check_masquerade(&Self::masquerade(args, &nets), &ips)
+            driver_from_env()
+                .and_then(|mut fw| fw.check_masquerade(&Self::masquerade(args, &nets), &ips))
                 .map_err(|e| check_err(e.to_string()))?;
         }
         Ok(())
@@ -197,11 +198,17 @@ impl HostSide for Bridge {
     /// an exec'd IPAM: prevResult's, else the pod's own (read before the veth, and they, go).
     /// Before the veth, so the kernel's RCU wait after this commit overlaps the one inside the
     /// veth deletion instead of following it.
-    async fn del_host(&self, del: &mut Released<'_>, veth_present: bool) -> Nftables {
-        let mut fw = Nftables::new();
+    async fn del_host(&self, del: &mut Released<'_>, veth_present: bool) -> Self::Teardown {
         if !self.conf.ip_masq {
-            return fw;
+            return None;
         }
+        let mut fw = match driver_from_env() {
+            Ok(fw) => fw,
+            Err(e) => {
+                del.errors.push(fw_err(e));
+                return None;
+            }
+        };
         let args = del.args;
         let masq_ips = match del.ips.take() {
             Some(ips) => ips,
@@ -220,17 +227,24 @@ impl HostSide for Bridge {
                 del.errors.push(fw_err(e));
             }
         }
-        fw
+        Some(fw)
     }
 
     /// Masquerade entries of the addresses IPAM released.
-    fn gc_host(&self, gc: &mut Released<'_>) -> Nftables {
-        let mut fw = Nftables::new();
-        if let (true, Some(ips)) = (self.conf.ip_masq, &gc.ips) {
-            if let Err(e) = fw.del_masquerade(&gc.args.conf.name, ips) {
+    fn gc_host(&self, gc: &mut Released<'_>) -> Self::Teardown {
+        let (true, Some(ips)) = (self.conf.ip_masq, &gc.ips) else {
+            return None;
+        };
+        let mut fw = match driver_from_env() {
+            Ok(fw) => fw,
+            Err(e) => {
                 gc.errors.push(fw_err(e));
+                return None;
             }
+        };
+        if let Err(e) = fw.del_masquerade(&gc.args.conf.name, ips) {
+            gc.errors.push(fw_err(e));
         }
-        fw
+        Some(fw)
     }
 }

@@ -2,8 +2,7 @@
 
 use crate::config::{self, Spec};
 use reef_cni::{codes, skel::validate_ifname, CmdArgs, CniError, CniResult, Plugin};
-use reef_firewall::nftables::Nftables;
-use reef_firewall::portmap::{Owner, PortMapper, PortMapping, TABLE};
+use reef_firewall::portmap::{Owner, PortMapping, TABLE};
 use reef_netlink::sysctl;
 
 /// Reef: the host port is already mapped by another attachment.
@@ -78,7 +77,7 @@ impl Plugin for PortMap {
         if maps.iter().any(|m| m.pod_ip.is_ipv4()) {
             enable_route_localnet(prev)?;
         }
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         fw.add_port_mappings(&owner(args), &maps).map_err(fw_err)?;
         fw.close_flushing_conntrack(&[], &maps);
         Ok(prev.clone())
@@ -95,7 +94,7 @@ impl Plugin for PortMap {
                 }
                 _ => None,
             };
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         let removed = fw
             .del_port_mappings(&owner(args), known.as_deref())
             .map_err(fw_err)?;
@@ -111,7 +110,7 @@ impl Plugin for PortMap {
         if maps.is_empty() {
             return Ok(());
         }
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         let res = fw
             .check_port_mappings(&owner(args), &maps)
             .map_err(|e| CniError::new(codes::CHECK_FAILED, e.to_string()));
@@ -121,7 +120,7 @@ impl Plugin for PortMap {
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let valid = args.conf.valid_attachments()?;
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         let removed = fw
             .gc_port_mappings(&args.conf.name, &valid)
             .map_err(fw_err)?;
@@ -133,7 +132,7 @@ impl Plugin for PortMap {
     }
 
     fn status(&self, _args: &CmdArgs) -> Result<(), CniError> {
-        let mut fw = Nftables::new();
+        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
         let res = fw.port_mapping_status();
         fw.close_in_background();
         res.map_err(|e| {

@@ -8,7 +8,6 @@ pub mod agent;
 pub mod desired;
 pub mod error;
 pub mod managers;
-pub mod nat;
 pub mod problem;
 pub mod reconcile;
 pub mod registry;

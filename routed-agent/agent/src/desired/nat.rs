@@ -1,15 +1,19 @@
 //! natOutgoing's desired state: every pool with its natOutgoing flag (pod-to-pod traffic across
-//! pools is never masqueraded, so the non-NAT pools matter too). `crate::nat` renders it.
+//! pools is never masqueraded, so the non-NAT pools matter too), as the firewall's rule type.
 
 use crate::view::ClusterView;
-use reef_schema::Pool;
+use reef_firewall::NatPool;
 
 /// The pools natOutgoing is built from; none before the cluster is initialised.
-pub fn pools(view: &ClusterView) -> Vec<Pool> {
+pub fn pools(view: &ClusterView) -> Vec<NatPool> {
     view.config
-        .as_ref()
-        .map(|c| c.pools.clone())
-        .unwrap_or_default()
+        .iter()
+        .flat_map(|c| &c.pools)
+        .map(|p| NatPool {
+            cidr: p.cidr,
+            nat_outgoing: p.nat_outgoing,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub trait Manager {
 /// The managers of node `me`, in the order they run.
 pub fn for_node(me: &str, nl: Netlink, underlay: Underlay) -> Vec<Box<dyn Manager>> {
     vec![
-        Box::new(nat::NatManager::new(me, nat::Nft)),
+        Box::new(nat::NatManager::new(me, nat::Firewall)),
         Box::new(routes::RoutesManager::new(me, nl, underlay)),
         // services::ServicesManager and policy::PolicyManager plug in here.
     ]

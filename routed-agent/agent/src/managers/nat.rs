@@ -6,20 +6,20 @@ use crate::desired;
 use crate::problem::Problem;
 use crate::view::ClusterView;
 use crate::{info, warn};
-use reef_schema::Pool;
+use reef_firewall::NatPool;
 
-/// The kernel side of natOutgoing: the one seam to the firewall. Today it is `crate::nat`'s
-/// nftables script; reef-firewall's driver trait takes its place with a new impl.
+/// The kernel side of natOutgoing, narrow so the manager's logic is testable without a kernel.
 pub trait NatProgrammer {
-    fn program(&mut self, pools: &[Pool]) -> Result<(), reef_firewall::Error>;
+    fn program(&mut self, pools: &[NatPool]) -> Result<(), reef_firewall::Error>;
 }
 
-/// natOutgoing through `nft -f` (one table, replaced atomically).
-pub struct Nft;
+/// natOutgoing through the host's firewall driver (`REEF_FIREWALL_DRIVER`, nftables by
+/// default): one table, `inet reef-nat`, replaced atomically.
+pub struct Firewall;
 
-impl NatProgrammer for Nft {
-    fn program(&mut self, pools: &[Pool]) -> Result<(), reef_firewall::Error> {
-        crate::nat::apply(pools)
+impl NatProgrammer for Firewall {
+    fn program(&mut self, pools: &[NatPool]) -> Result<(), reef_firewall::Error> {
+        reef_firewall::driver_from_env()?.sync_nat_outgoing(pools)
     }
 }
 
@@ -27,7 +27,7 @@ pub struct NatManager<P> {
     me: String,
     programmer: P,
     /// The pools last programmed; None until the first success (so a failure is retried).
-    applied: Option<Vec<Pool>>,
+    applied: Option<Vec<NatPool>>,
 }
 
 impl<P: NatProgrammer> NatManager<P> {
@@ -86,7 +86,7 @@ mod tests {
     }
 
     impl NatProgrammer for Fake {
-        fn program(&mut self, pools: &[Pool]) -> Result<(), reef_firewall::Error> {
+        fn program(&mut self, pools: &[NatPool]) -> Result<(), reef_firewall::Error> {
             self.calls.push(pools.len());
             if self.fail {
                 return Err(reef_firewall::Error::Nft {

@@ -1,0 +1,113 @@
+//! The one driver trait and the factory that picks its implementation.
+
+use crate::nftables::Nftables;
+use crate::rules::{Masquerade, NatPool, Owner, PortMapping};
+use crate::{Error, Result};
+use std::net::IpAddr;
+
+/// Everything Reef asks of a host firewall, as plain rule types. One implementation per
+/// backend (nftables today; an iptables one would be a second file behind the same trait),
+/// chosen by `driver`.
+///
+/// A driver keeps its kernel connection for its own lifetime: callers decide when it closes,
+/// because closing an nf_tables socket right after a commit waits for an RCU grace period
+/// (the kernel flushes the transaction-destroy work), which a caller can overlap with other
+/// slow work such as a veth deletion, or leave to a detached child (`close_in_background`).
+pub trait FirewallDriver {
+    /// Makes sure the network's rules exist, then adds the pod's addresses to them.
+    fn add_masquerade(&mut self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
+    /// Removes the pod's addresses (idempotent; the network's rules stay, like the bridge).
+    fn del_masquerade(&mut self, network: &str, pod_ips: &[IpAddr]) -> Result<()>;
+    /// Verifies the network's rules exist and hold the pod's addresses.
+    fn check_masquerade(&mut self, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()>;
+
+    /// Installs `maps` for `owner`, atomically: all of them or none. A mapping whose host
+    /// side another attachment already maps fails the whole call with `Error::Conflict`
+    /// and changes nothing. Repeating the call for the same owner and mappings succeeds.
+    fn add_port_mappings(&mut self, owner: &Owner, maps: &[PortMapping]) -> Result<()>;
+    /// Removes `owner`'s mappings; returns what was removed (for `flush_conntrack`). With
+    /// `known`, only those, and only where the element still holds exactly that target;
+    /// without, every element tagged with `owner`. Idempotent.
+    fn del_port_mappings(
+        &mut self,
+        owner: &Owner,
+        known: Option<&[PortMapping]>,
+    ) -> Result<Vec<PortMapping>>;
+    /// Verifies every mapping is installed with this target and owner.
+    fn check_port_mappings(&mut self, owner: &Owner, maps: &[PortMapping]) -> Result<()>;
+    /// Deletes the conntrack entries of removed UDP mappings, which would otherwise keep
+    /// steering an ongoing flow to the old pod. (A dump walks the kernel's whole conntrack
+    /// hash table: ~10-30 ms here, whatever the number of entries.)
+    fn flush_conntrack(&mut self, removed: &[PortMapping]) -> Result<()>;
+    /// Removes `network`'s mappings whose owner is not among `valid` (containerID, ifname),
+    /// and flushes the conntrack entries of the UDP ones.
+    fn gc_port_mappings(
+        &mut self,
+        network: &str,
+        valid: &[(String, String)],
+    ) -> Result<Vec<PortMapping>>;
+    /// Whether port mappings can be installed here.
+    fn port_mapping_status(&mut self) -> Result<()>;
+
+    /// natOutgoing (reef-agent): makes the node's rules exactly what `pools` ask for, in
+    /// one atomic step: pod traffic from a pool with `nat_outgoing` to anywhere outside
+    /// every pool is masqueraded. Idempotent.
+    fn sync_nat_outgoing(&mut self, pools: &[NatPool]) -> Result<()>;
+    /// Removes the natOutgoing rules (idempotent).
+    fn remove_nat_outgoing(&mut self) -> Result<()>;
+
+    /// Closes the kernel connection without making the caller wait for it.
+    fn close_in_background(self: Box<Self>);
+    /// Closes the kernel connection, first (in the background) deleting the conntrack
+    /// entries that would defeat the `removed` and `added` UDP mappings.
+    fn close_flushing_conntrack(self: Box<Self>, removed: &[PortMapping], added: &[PortMapping]);
+}
+
+/// The firewall backends Reef can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverKind {
+    /// nf_tables over netlink (the default).
+    #[default]
+    Nftables,
+}
+
+/// Environment variable that picks the driver (`nftables`); unset means the default.
+pub const DRIVER_ENV: &str = "REEF_FIREWALL_DRIVER";
+
+impl std::str::FromStr for DriverKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<DriverKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "nftables" => Ok(DriverKind::Nftables),
+            other => Err(Error::UnknownDriver(other.to_string())),
+        }
+    }
+}
+
+impl DriverKind {
+    /// The kind named by `REEF_FIREWALL_DRIVER`, or the default when unset.
+    pub fn from_env() -> Result<DriverKind> {
+        match std::env::var(DRIVER_ENV) {
+            Ok(v) => v.parse(),
+            Err(_) => Ok(DriverKind::default()),
+        }
+    }
+}
+
+/// The driver of `kind`. Opening it is free: the kernel connection opens on first use.
+pub fn driver(kind: DriverKind) -> Box<dyn FirewallDriver> {
+    match kind {
+        DriverKind::Nftables => Box::new(Nftables::new()),
+    }
+}
+
+/// The default driver (nftables).
+pub fn default_driver() -> Box<dyn FirewallDriver> {
+    driver(DriverKind::default())
+}
+
+/// The driver `REEF_FIREWALL_DRIVER` names (the default when unset).
+pub fn driver_from_env() -> Result<Box<dyn FirewallDriver>> {
+    DriverKind::from_env().map(driver)
+}

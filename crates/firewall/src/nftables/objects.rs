@@ -1,0 +1,418 @@
+//! nf_tables objects as netlink messages (typed by `netlink-packet-netfilter`): "does this
+//! table exist", set and map element changes (always inside one transaction), element
+//! lookups and dumps, rule dumps. Keys and map data are raw register images (see
+//! `portmap::wire` for the concatenation layout); element userdata holds nft's comment.
+
+use crate::nfnetlink::{NfNetlink, Request};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_netfilter::nftables::{
+    DataAttribute, ListAttribute, NfTablesMessage, RuleAttribute, RuleMessage, SetElementAttribute,
+    SetElementList, SetElementMessage, TableAttribute, TableMessage,
+};
+use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+use std::io;
+use std::net::IpAddr;
+
+pub const NFPROTO_INET: u8 = 1;
+
+/// One set or map element as the kernel stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Elem {
+    /// The key's register image (concatenations padded to 4 bytes per field).
+    pub key: Vec<u8>,
+    /// The map data's register image (maps only).
+    pub data: Option<Vec<u8>>,
+    /// Userdata: nft keeps the element's comment here.
+    pub udata: Option<Vec<u8>>,
+}
+
+/// One message of an element transaction.
+pub enum ElemChange<'a> {
+    /// Create `elems` in `set`. With `exclusive`, an existing key fails the whole batch with
+    /// EEXIST (NLM_F_EXCL); without it, re-adding an identical element is a no-op.
+    Add {
+        set: &'a str,
+        elems: &'a [Elem],
+        exclusive: bool,
+    },
+    /// Delete `elems` (by key) from `set`; a missing key fails the batch with ENOENT.
+    Del { set: &'a str, elems: &'a [Elem] },
+}
+
+fn nft(msg: NfTablesMessage) -> NetfilterMessageInner {
+    NetfilterMessageInner::NfTables(msg)
+}
+
+fn table_msg(name: &str) -> TableMessage {
+    TableMessage {
+        attributes: vec![TableAttribute::Name(name.to_string())],
+    }
+}
+
+/// A set-element message body: table, set and, per element, key (and data, userdata).
+fn elem_list(table: &str, set: &str, elems: &[Elem], with_values: bool) -> SetElementMessage {
+    let list = elems
+        .iter()
+        .map(|e| {
+            let mut a = vec![SetElementAttribute::Key(DataAttribute::Value(
+                e.key.clone(),
+            ))];
+            if with_values {
+                if let Some(d) = &e.data {
+                    a.push(SetElementAttribute::Data(DataAttribute::Value(d.clone())));
+                }
+                if let Some(u) = &e.udata {
+                    a.push(SetElementAttribute::UserData(u.clone()));
+                }
+            }
+            ListAttribute::Element(a)
+        })
+        .collect();
+    SetElementMessage {
+        attributes: vec![
+            SetElementList::Table(table.to_string()),
+            SetElementList::Set(set.to_string()),
+            SetElementList::Elements(list),
+        ],
+    }
+}
+
+/// The elements of a NEWSETELEM reply.
+fn parse_elements(msg: NetfilterMessage) -> Vec<Elem> {
+    let NetfilterMessageInner::NfTables(NfTablesMessage::NewSetElement(m)) = msg.inner else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for a in m.attributes {
+        let SetElementList::Elements(list) = a else {
+            continue;
+        };
+        for el in list {
+            let ListAttribute::Element(attrs) = el else {
+                continue;
+            };
+            let mut e = Elem::default();
+            let mut has_key = false;
+            for a in attrs {
+                match a {
+                    SetElementAttribute::Key(DataAttribute::Value(k)) => {
+                        e.key = k;
+                        has_key = true;
+                    }
+                    SetElementAttribute::Data(DataAttribute::Value(d)) => e.data = Some(d),
+                    SetElementAttribute::UserData(u) => e.udata = Some(u),
+                    _ => {}
+                }
+            }
+            if has_key {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+impl NfNetlink {
+    /// Whether table `name` of `family` exists.
+    pub fn table_exists(&mut self, family: u8, name: &str) -> io::Result<bool> {
+        let req = Request::new(
+            nft(NfTablesMessage::GetTable(table_msg(name))),
+            family,
+            NLM_F_ACK,
+        );
+        let mut saw = false;
+        let errs = self.exchange(vec![req], |_, m| {
+            saw |= matches!(
+                m.inner,
+                NetfilterMessageInner::NfTables(NfTablesMessage::NewTable(_))
+            )
+        })?;
+        match errs.first().copied().unwrap_or(0) {
+            0 => Ok(saw),
+            libc::ENOENT => Ok(false),
+            e => Err(errno(e)),
+        }
+    }
+
+    /// Adds (`add`) or deletes the elements `ips` of `set` in one transaction. Adding an
+    /// existing element and deleting a missing one both succeed (idempotent verbs).
+    pub fn set_elements(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+        ips: &[IpAddr],
+        add: bool,
+    ) -> io::Result<()> {
+        if ips.is_empty() {
+            return Ok(());
+        }
+        let elems: Vec<Elem> = ips
+            .iter()
+            .map(|ip| Elem {
+                key: match ip {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                },
+                ..Elem::default()
+            })
+            .collect();
+        let change = if add {
+            ElemChange::Add {
+                set,
+                elems: &elems,
+                exclusive: false,
+            }
+        } else {
+            ElemChange::Del { set, elems: &elems }
+        };
+        match self.change_elements(family, table, &[change]) {
+            Ok(()) => Ok(()),
+            Err(e) if !add && e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies `changes` as ONE nf_tables transaction: all or nothing. The first error the
+    /// kernel reports is returned (EEXIST for an exclusive add of an existing key, ENOENT for
+    /// a missing table, set or deleted key).
+    pub fn change_elements(
+        &mut self,
+        family: u8,
+        table: &str,
+        changes: &[ElemChange],
+    ) -> io::Result<()> {
+        let msgs: Vec<Request> = changes
+            .iter()
+            .filter_map(|c| match c {
+                ElemChange::Add { elems, .. } | ElemChange::Del { elems, .. }
+                    if elems.is_empty() =>
+                {
+                    None
+                }
+                ElemChange::Add {
+                    set,
+                    elems,
+                    exclusive,
+                } => {
+                    let excl = if *exclusive { NLM_F_EXCL } else { 0 };
+                    Some(Request::new(
+                        nft(NfTablesMessage::NewSetElement(elem_list(
+                            table, set, elems, true,
+                        ))),
+                        family,
+                        NLM_F_CREATE | excl,
+                    ))
+                }
+                ElemChange::Del { set, elems } => Some(Request::new(
+                    nft(NfTablesMessage::DeleteSetElement(elem_list(
+                        table, set, elems, false,
+                    ))),
+                    family,
+                    0,
+                )),
+            })
+            .collect();
+        self.transaction(msgs)
+    }
+
+    /// Looks up `keys` in `set`, all requests in one send: `None` where the key is absent.
+    /// A missing table or set reads as every key absent.
+    pub fn get_elements(
+        &mut self,
+        family: u8,
+        table: &str,
+        set: &str,
+        keys: &[Vec<u8>],
+    ) -> io::Result<Vec<Option<Elem>>> {
+        let reqs: Vec<Request> = keys
+            .iter()
+            .map(|k| {
+                let e = Elem {
+                    key: k.clone(),
+                    ..Elem::default()
+                };
+                Request::new(
+                    nft(NfTablesMessage::GetSetElement(elem_list(
+                        table,
+                        set,
+                        &[e],
+                        false,
+                    ))),
+                    family,
+                    NLM_F_ACK,
+                )
+            })
+            .collect();
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found: Vec<Option<Elem>> = vec![None; keys.len()];
+        let errs = self.exchange(reqs, |i, m| {
+            found[i] = parse_elements(m).into_iter().next();
+        })?;
+        for (i, e) in errs.iter().enumerate() {
+            match *e {
+                0 => {}
+                libc::ENOENT => found[i] = None,
+                e => return Err(errno(e)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every element of `set` (empty if the table or set does not exist).
+    pub fn dump_elements(&mut self, family: u8, table: &str, set: &str) -> io::Result<Vec<Elem>> {
+        let req = Request::new(
+            nft(NfTablesMessage::GetSetElement(elem_list(
+                table,
+                set,
+                &[],
+                false,
+            ))),
+            family,
+            NLM_F_DUMP,
+        );
+        let mut out = Vec::new();
+        let errs = self.exchange(vec![req], |_, m| out.extend(parse_elements(m)))?;
+        match errs.first().copied().unwrap_or(0) {
+            0 => Ok(out),
+            libc::ENOENT => Ok(Vec::new()),
+            e => Err(errno(e)),
+        }
+    }
+
+    /// The rules of `chain`, as the kernel holds them (empty if the table or chain is missing).
+    pub fn dump_rules(
+        &mut self,
+        family: u8,
+        table: &str,
+        chain: &str,
+    ) -> io::Result<Vec<RuleMessage>> {
+        let req = Request::new(
+            nft(NfTablesMessage::GetRule(RuleMessage {
+                attributes: vec![
+                    RuleAttribute::Table(table.to_string()),
+                    RuleAttribute::Chain(chain.to_string()),
+                ],
+            })),
+            family,
+            NLM_F_DUMP,
+        );
+        let mut out = Vec::new();
+        let errs = self.exchange(vec![req], |_, m| {
+            if let NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)) = m.inner {
+                // Keep only this chain's rules, whatever the kernel's dump filter did.
+                let ours = |a: &RuleAttribute| match a {
+                    RuleAttribute::Table(t) => t == table,
+                    RuleAttribute::Chain(c) => c == chain,
+                    _ => false,
+                };
+                if r.attributes.iter().filter(|a| ours(a)).count() == 2 {
+                    out.push(r);
+                }
+            }
+        })?;
+        match errs.first().copied().unwrap_or(0) {
+            0 => Ok(out),
+            libc::ENOENT => Ok(Vec::new()),
+            e => Err(errno(e)),
+        }
+    }
+}
+
+/// The names of a rule's expressions, in order (`"payload"`, `"lookup"`, `"masq"`, ...).
+pub fn expression_names(rule: &RuleMessage) -> Vec<String> {
+    use netlink_packet_netfilter::nftables::ExpressionAttribute;
+    let mut out = Vec::new();
+    for a in &rule.attributes {
+        if let RuleAttribute::Expressions(list) = a {
+            for el in list {
+                if let ListAttribute::Element(attrs) = el {
+                    for x in attrs {
+                        if let ExpressionAttribute::Name(n) = x {
+                            out.push(n.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// nft's element comment as userdata: one TLV (type 0 = comment, length, NUL-terminated).
+pub fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(comment.len() + 3);
+    v.push(0);
+    v.push((comment.len() + 1).min(255) as u8);
+    v.extend_from_slice(comment.as_bytes());
+    v.push(0);
+    v
+}
+
+/// The comment in element userdata written by nft or `comment_udata`.
+pub fn udata_comment(udata: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= udata.len() {
+        let (ty, len) = (udata[off], udata[off + 1] as usize);
+        let val = udata.get(off + 2..off + 2 + len)?;
+        if ty == 0 {
+            let s = val.strip_suffix(&[0]).unwrap_or(val);
+            return String::from_utf8(s.to_vec()).ok();
+        }
+        off += 2 + len;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::{Emitable, Parseable};
+
+    #[test]
+    fn comment_roundtrip_matches_nft_layout() {
+        // `nft --debug=netlink` shows: userdata = { \x00\x0dnet/cid/eth0\x00 }
+        let u = comment_udata("net/cid/eth0");
+        assert_eq!(&u[..2], &[0x00, 0x0d]);
+        assert_eq!(u.last(), Some(&0));
+        assert_eq!(udata_comment(&u).as_deref(), Some("net/cid/eth0"));
+        assert_eq!(
+            udata_comment(&[1, 2, 9, 9, 0, 2, b'a', 0]).as_deref(),
+            Some("a")
+        );
+        assert_eq!(udata_comment(&[0, 9, b'a']), None);
+    }
+
+    #[test]
+    fn element_message_parses_back() {
+        let e = Elem {
+            key: vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
+            data: Some(vec![10, 1, 0, 2, 0, 80, 0, 0]),
+            udata: Some(comment_udata("x")),
+        };
+        let m = elem_list("t", "s", std::slice::from_ref(&e), true);
+        let mut buf = vec![0u8; m.attributes.as_slice().buffer_len()];
+        m.attributes.as_slice().emit(&mut buf);
+        let back = SetElementMessage::parse(&buf[..]).unwrap();
+        let msg = NetfilterMessage::new(
+            netlink_packet_netfilter::NetfilterHeader::new(
+                netlink_packet_netfilter::NetfilterProtoFamily::Inet,
+                0,
+                0,
+            ),
+            NfTablesMessage::NewSetElement(back),
+        );
+        let elems = parse_elements(msg);
+        assert_eq!(elems, vec![e]);
+        assert_eq!(
+            udata_comment(elems[0].udata.as_deref().unwrap_or(&[])).as_deref(),
+            Some("x")
+        );
+    }
+}
