@@ -2,7 +2,7 @@
 //! handles, and address arithmetic. See the README's "Cluster state in etcd".
 //!
 //! ```text
-//! /reef/config                        ClusterConfig: pools, block sizes, mode, VNI
+//! /reef/config                        ClusterConfig: pools, block sizes, mode, VNI, cluster id
 //! /reef/nodes/<node>                  node record (written by IPAM on its first block claim,
 //!                                     enriched by reef-agent later)
 //! /reef/blocks/<cidr with / as ->     Block: owner node + ordinal -> allocation
@@ -84,6 +84,12 @@ pub struct ClusterConfig {
     pub mode: Mode,
     #[serde(default = "default_vni")]
     pub vni: u32,
+    /// Random id `reefctl init` generates once per cluster (a forced re-init keeps it, a
+    /// re-created etcd gets a new one). etcd revisions are small integers that repeat across
+    /// clusters, so this is what binds a host's cached view to one cluster. Absent in configs
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 fn default_vni() -> u32 {

@@ -54,12 +54,11 @@ impl ClusterStore {
                 },
                 Err(e) => return Err(e),
             };
-            // The compares: handle absent, config unchanged (a re-init is noticed here, at no
-            // extra round trip), every touched block at the revision the plan was made from.
-            let mut when = vec![
-                Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0),
-                Compare::mod_revision(CONFIG_KEY, CompareOp::Equal, self.cache.config_rev),
-            ];
+            // The compares: handle absent, config unchanged and of the same cluster (a re-init
+            // or another etcd is noticed here, at no extra round trip), every touched block at
+            // the revision the plan was made from.
+            let mut when = vec![Compare::create_revision(hkey.as_str(), CompareOp::Equal, 0)];
+            when.extend(self.cluster_compares().into_iter().flatten());
             let mut ops = Vec::new();
             let mut reads = vec![
                 TxnOp::get(hkey.as_str(), None),
@@ -117,22 +116,18 @@ impl ClusterStore {
                 self.save()?;
                 return Ok(assigned(&plan.handle));
             }
-            // Lost a compare: learn from the reads and try again.
+            // Lost a compare: learn from the reads and try again. The config first: if it is
+            // another cluster's, the cache is dropped before anything is learnt into it.
             let mut responses = resp.op_responses().into_iter();
+            let handle_read = responses.next();
             if let Some(TxnOpResponse::Get(g)) = responses.next() {
+                config = self
+                    .learn_config(g.kvs().first())?
+                    .ok_or_else(|| ClusterError::NotInitialised(self.etcd.endpoints().into()))?;
+            }
+            if let Some(TxnOpResponse::Get(g)) = handle_read {
                 if let Some(kv) = g.kvs().first() {
                     return self.adopt_existing(&id, kv);
-                }
-            }
-            if let Some(TxnOpResponse::Get(g)) = responses.next() {
-                match g.kvs().first() {
-                    Some(kv) if kv.mod_revision() != self.cache.config_rev => {
-                        config = decode::<ClusterConfig>(kv.key(), kv.value())?;
-                        self.cache.config = Some(config.clone());
-                        self.cache.config_rev = kv.mod_revision();
-                    }
-                    Some(_) => {}
-                    None => return Err(ClusterError::NotInitialised(self.etcd.endpoints().into())),
                 }
             }
             for (key, r) in plan.blocks.keys().zip(responses) {

@@ -25,6 +25,11 @@ pub struct NodeCache {
     /// cluster is noticed in the same round trip.
     #[serde(default)]
     pub config_rev: i64,
+    /// /reef/config's value exactly as read. Transactions compare it too: it carries the
+    /// cluster id, which revisions (repeating across clusters) cannot stand in for. Empty:
+    /// the cache is bound to no cluster and is discarded on load.
+    #[serde(default)]
+    pub config_raw: String,
     /// Block key -> block and its mod-revision: the node's own blocks (and blocks it
     /// borrowed from, while it holds addresses there).
     pub blocks: BTreeMap<String, CachedBlock>,

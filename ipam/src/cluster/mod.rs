@@ -12,6 +12,10 @@
 //!   handle, so a retried DEL with a stale `prevResult` cannot free someone else's address.
 //!
 //! Correctness never depends on the cache or on the local lock: etcd's compares decide.
+//! Revisions repeat across clusters (a re-created or replaced etcd counts from 1 again), so
+//! every transaction that acts on the cache also compares /reef/config's exact value, which
+//! carries the cluster id `reefctl init` generated: a cache from another cluster fails that
+//! compare, is dropped, and the failed transaction's reads refill it (same round trip).
 //!
 //! One job per module: [`config`] (the `ipam` section), [`error`], [`allocate`] (ADD),
 //! [`release`] (DEL, GC, and releasing any node's handle for reefctl), [`cache`].
@@ -30,7 +34,7 @@ pub use release::release_handle;
 use self::cache::{CacheFile, CachedBlock, NodeCache};
 use error::Result;
 use ipnetwork::IpNetwork;
-use reef_etcd::{Etcd, GetOptions, Txn, TxnOp, TxnOpResponse};
+use reef_etcd::{Compare, CompareOp, Etcd, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use reef_schema::*;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -66,7 +70,12 @@ impl ClusterStore {
                 path: cache_path.clone(),
                 source,
             })?;
-        let cache = cache_file.load();
+        let mut cache = cache_file.load();
+        if cache.config_raw.is_empty() {
+            // Not bound to a cluster (empty, or written before the binding existed): nothing
+            // in it can be trusted.
+            cache = NodeCache::default();
+        }
         let etcd = Etcd::connect(&cfg.etcd).await?;
         Ok(ClusterStore {
             etcd,
@@ -103,8 +112,7 @@ impl ClusterStore {
             let TxnOpResponse::Get(g) = r else { continue };
             for kv in g.kvs() {
                 if i == 0 {
-                    config = Some(decode::<ClusterConfig>(kv.key(), kv.value())?);
-                    self.cache.config_rev = kv.mod_revision();
+                    config = self.adopt_config(Some(kv))?;
                 } else {
                     let block: Block = decode(kv.key(), kv.value())?;
                     if block.node == self.node {
@@ -120,11 +128,65 @@ impl ClusterStore {
                 }
             }
         }
-        let config =
-            config.ok_or_else(|| ClusterError::NotInitialised(self.etcd.endpoints().into()))?;
-        self.cache.config = Some(config);
+        if config.is_none() {
+            return Err(ClusterError::NotInitialised(self.etcd.endpoints().into()));
+        }
         self.cache.blocks = blocks;
         Ok(())
+    }
+
+    /// The compares that bind a transaction to the cluster (and config) the cache was filled
+    /// from: /reef/config is the very write the cache read (revision) with the very bytes it
+    /// read (they carry the cluster id; revisions alone repeat across clusters). None when
+    /// the cache holds nothing about the cluster.
+    fn cluster_compares(&self) -> Option<[Compare; 2]> {
+        self.cache.config.as_ref()?;
+        Some([
+            Compare::mod_revision(CONFIG_KEY, CompareOp::Equal, self.cache.config_rev),
+            Compare::value(
+                CONFIG_KEY,
+                CompareOp::Equal,
+                self.cache.config_raw.as_bytes().to_vec(),
+            ),
+        ])
+    }
+
+    /// Learns /reef/config as a failed transaction read it (`None`: absent). Returns the
+    /// current config; see [`Self::adopt_config`].
+    fn learn_config(&mut self, kv: Option<&KeyValue>) -> Result<Option<ClusterConfig>> {
+        let unchanged = kv.is_some_and(|kv| {
+            kv.mod_revision() == self.cache.config_rev
+                && kv.value() == self.cache.config_raw.as_bytes()
+        });
+        if unchanged && self.cache.config.is_some() {
+            return Ok(self.cache.config.clone());
+        }
+        self.adopt_config(kv)
+    }
+
+    /// Makes `kv` the cached /reef/config. Unless it names the same cluster id as the cached
+    /// one, everything cached is dropped first: blocks, handles and cursors of another
+    /// cluster (or of one too old to tell) must never be written into this one.
+    fn adopt_config(&mut self, kv: Option<&KeyValue>) -> Result<Option<ClusterConfig>> {
+        let Some(kv) = kv else {
+            self.cache = NodeCache::default();
+            return Ok(None);
+        };
+        let config: ClusterConfig = decode(kv.key(), kv.value())?;
+        let same_cluster = config.cluster_id.is_some()
+            && self
+                .cache
+                .config
+                .as_ref()
+                .is_some_and(|c| c.cluster_id == config.cluster_id);
+        if !same_cluster {
+            self.cache = NodeCache::default();
+        }
+        self.cache.config = Some(config.clone());
+        self.cache.config_rev = kv.mod_revision();
+        // decode() accepted it, so it is UTF-8 and this is the exact value.
+        self.cache.config_raw = String::from_utf8_lossy(kv.value()).into_owned();
+        Ok(Some(config))
     }
 
     async fn config(&mut self) -> Result<ClusterConfig> {

@@ -41,11 +41,19 @@ impl ClusterStore {
                 CompareOp::Equal,
                 handle.rev,
             )];
+            // Cached revisions (handle, blocks) mean something only in the cluster they were
+            // read from: bind them to it, as ADD does.
+            let bound = self.cluster_compares();
+            let check_cluster = bound.is_some();
+            when.extend(bound.into_iter().flatten());
             let mut ops = vec![
                 TxnOp::delete(hkey.as_str(), None),
                 TxnOp::delete(workload_key(id), None),
             ];
             let mut reads = vec![TxnOp::get(hkey.as_str(), None)];
+            if check_cluster {
+                reads.push(TxnOp::get(CONFIG_KEY, None));
+            }
             let mut updated: BTreeMap<String, Block> = BTreeMap::new();
             let mut freed = Vec::new();
             for hip in &handle.ips {
@@ -99,7 +107,15 @@ impl ClusterStore {
                 return Ok(freed);
             }
             let mut responses = resp.op_responses().into_iter();
-            let handle_now = match responses.next() {
+            let handle_read = responses.next();
+            if check_cluster {
+                if let Some(TxnOpResponse::Get(g)) = responses.next() {
+                    // Another cluster's (or no) config drops the whole cache: the handle and
+                    // blocks are then taken from this transaction's reads and etcd only.
+                    self.learn_config(g.kvs().first())?;
+                }
+            }
+            let handle_now = match handle_read {
                 Some(TxnOpResponse::Get(g)) => g
                     .kvs()
                     .first()

@@ -22,6 +22,8 @@ pub enum AdminError {
     /// The change would break a live cluster (pools in use, mode switch) without --force.
     #[error("{0}")]
     Refused(String),
+    #[error("cannot generate a cluster id from /dev/urandom: {0}")]
+    ClusterId(#[source] std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, AdminError>;
@@ -81,9 +83,11 @@ pub async fn snapshot(etcd: &mut Etcd) -> Result<Snapshot> {
     Ok(s)
 }
 
-/// Writes the cluster config. Refuses a change of pools while any address is allocated
-/// from a pool that would disappear (or change block size), unless `force`.
-pub async fn init(etcd: &mut Etcd, config: &ClusterConfig, force: bool) -> Result<()> {
+/// Writes the cluster config (and returns it as written). Refuses a change of pools while any
+/// address is allocated from a pool that would disappear (or change block size), unless
+/// `force`. The cluster id of an existing config is kept; a new cluster (or one initialised
+/// before ids existed) gets a fresh random one.
+pub async fn init(etcd: &mut Etcd, config: &ClusterConfig, force: bool) -> Result<ClusterConfig> {
     for p in &config.pools {
         p.validate().map_err(AdminError::InvalidPool)?;
     }
@@ -117,8 +121,23 @@ pub async fn init(etcd: &mut Etcd, config: &ClusterConfig, force: bool) -> Resul
             )));
         }
     }
-    etcd.put(CONFIG_KEY, encode(config)).await?;
-    Ok(())
+    let mut config = config.clone();
+    config.cluster_id = match snap.config.and_then(|c| c.cluster_id) {
+        Some(id) => Some(id),
+        None => Some(new_cluster_id()?),
+    };
+    etcd.put(CONFIG_KEY, encode(&config)).await?;
+    Ok(config)
+}
+
+/// 128 random bits, hex: hosts compare it to tell this cluster from any other.
+fn new_cluster_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(AdminError::ClusterId)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub struct GcReport {

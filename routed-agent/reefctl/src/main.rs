@@ -237,8 +237,9 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 pools,
                 mode,
                 vni: *vni,
+                cluster_id: None,
             };
-            admin::init(&mut etcd, &config, *force).await?;
+            let config = admin::init(&mut etcd, &config, *force).await?;
             let text = format!(
                 "initialised: mode {}, pools {}\n",
                 mode.as_str(),
