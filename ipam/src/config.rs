@@ -193,6 +193,15 @@ impl Range {
             || (self.is_ipv4() && (ip == self.subnet.network() || ip == self.subnet.broadcast()))
     }
 
+    /// Whether `[start, end]` holds an address that is not reserved: more than the (at most
+    /// three) reserved addresses, or one of the first four that is not reserved.
+    fn has_allocatable(&self) -> bool {
+        let (s, e) = (ip_to_u128(self.start), ip_to_u128(self.end));
+        (s..=e)
+            .take(4)
+            .any(|v| !self.is_reserved(u128_to_ip(v, self.is_ipv4())))
+    }
+
     /// Number of addresses in `[start, end]`, saturating at `u128::MAX` (an IPv6 /0).
     pub(crate) fn size(&self) -> u128 {
         let (s, e) = (ip_to_u128(self.start), ip_to_u128(self.end));
@@ -242,10 +251,17 @@ fn parse_range(obj: &Map<String, Value>, set: usize, range: usize) -> Result<Ran
     let subnet_text = field("subnet")?.ok_or_else(|| err("\"subnet\" is required".into()))?;
     let subnet = parse_subnet(subnet_text).map_err(&err)?;
     let v4 = subnet.is_ipv4();
+    // A /0 is the default route, not a pod subnet: its gateway would claim the whole
+    // address space on the bridge and its routes would shadow the host's.
+    if subnet.prefix() == 0 {
+        return Err(err(format!(
+            "subnet {subnet} covers the whole address space"
+        )));
+    }
 
     // host-local: an IPv4 subnet needs at least 2 host bits (/30), else there is nothing
     // left to allocate once network, broadcast and gateway are taken. IPv6 is allowed up
-    // to /127 (host-local stops at /126).
+    // to /127 (host-local stops at /126) if an address is left: see `has_allocatable`.
     let max_prefix = if v4 { 30 } else { 127 };
     if subnet.prefix() > max_prefix {
         return Err(err(format!(
@@ -279,12 +295,21 @@ fn parse_range(obj: &Map<String, Value>, set: usize, range: usize) -> Result<Ran
     if ip_to_u128(start) > ip_to_u128(end) {
         return Err(err(format!("rangeStart {start} is after rangeEnd {end}")));
     }
-    Ok(Range {
+    let range = Range {
         subnet,
         start,
         end,
         gateway: Some(gateway.unwrap_or(first_usable)),
-    })
+    };
+    // Whatever the prefix and bounds, a range whose every address is reserved (an IPv6
+    // /127: ::1 is the default gateway, ::0 is skipped) could never allocate: refuse it
+    // now rather than fail every ADD with "range full".
+    if !range.has_allocatable() {
+        return Err(err(format!(
+            "{range} has no allocatable address (all are gateway, network or broadcast)"
+        )));
+    }
+    Ok(range)
 }
 
 /// A string field; absent, `null` and `""` all mean "not set" (Go's `net.IP` decodes
@@ -431,6 +456,13 @@ mod tests {
             (json!({"subnet": "10.1.0.5/24"}), "host bits"),
             (json!({"subnet": "10.1.0.0/31"}), "too small"),
             (json!({"subnet": "fd00::/128"}), "too small"),
+            (json!({"subnet": "fd00::/127"}), "no allocatable address"),
+            (
+                json!({"subnet": "10.1.0.0/30", "rangeStart": "10.1.0.1", "rangeEnd": "10.1.0.1"}),
+                "no allocatable address",
+            ),
+            (json!({"subnet": "0.0.0.0/0"}), "whole address space"),
+            (json!({"subnet": "::/0"}), "whole address space"),
             (
                 json!({"subnet": "10.1.0.0/24", "rangeStart": "10.2.0.1"}),
                 "rangeStart 10.2.0.1 is not in subnet",
@@ -497,6 +529,9 @@ mod tests {
         // IPv4-mapped text in an IPv4 subnet.
         let cfg = parse(json!({"subnet": "10.1.0.0/24", "rangeStart": "::ffff:10.1.0.7"})).unwrap();
         assert_eq!(cfg.range_sets[0].0[0].start, ip("10.1.0.7"));
-        parse(json!({"subnet": "fd00::/127"})).unwrap();
+        // A /127 whose gateway is the network address leaves ::1 to allocate.
+        parse(json!({"subnet": "fd00::/127", "gateway": "fd00::"})).unwrap();
+        parse(json!({"subnet": "fd00::/126"})).unwrap();
+        parse(json!({"subnet": "10.1.0.0/30"})).unwrap();
     }
 }

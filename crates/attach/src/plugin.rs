@@ -1,7 +1,9 @@
 //! The CNI verbs of a veth-pair main plugin, around its [`HostSide`].
 
 use crate::{block_on, check_err, nl_err, open_netns, pod, Add, Check, HostSide, Released};
-use reef_cni::attachment::{host_veth_alias, host_veth_name, parse_host_veth_alias};
+use reef_cni::attachment::{
+    host_veth_alias, host_veth_name, is_host_veth_alias_of, is_host_veth_name,
+};
 use reef_cni::ipam::{InProcessIpam, IpamClient};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin};
 use reef_netlink::{NetNs, Netlink, PendingNetlink};
@@ -73,12 +75,15 @@ async fn add_links<H: HostSide>(
     veth_created: &mut bool,
 ) -> Result<CniResult, CniError> {
     let plan = host_side.prepare_host(host, ipam).await?;
+    // Needed already for the veth's creation (see `Netlink::create_veth`).
+    let pod = pod_socket.connect().map_err(nl_err)?;
     let host_name = host_veth_name(&args.container_id, &args.ifname);
     let alias = host_veth_alias(&args.conf.name, &args.container_id, &args.ifname);
     host.create_veth_with_mac(
         &host_name,
         &args.ifname,
         pod_ns,
+        &pod,
         plan.mtu,
         plan.controller,
         Some(&alias),
@@ -112,7 +117,6 @@ async fn add_links<H: HostSide>(
     };
     host_side.host_veth_created(&add).await?;
 
-    let pod = pod_socket.connect().map_err(nl_err)?;
     let mut ips = host_side.pod_ips(ipam);
     let routes = host_side.pod_routes(ipam);
     let pod_link = pod::configure(host_side, &add, &pod, &ips, &routes).await?;
@@ -312,21 +316,40 @@ async fn delete_pod_end(args: &CmdArgs) -> Result<(), CniError> {
     Ok(())
 }
 
-/// GC of host veths: every veth labelled for this network whose attachment the runtime no
-/// longer lists is deleted (taking its routes and neighbours with it). Returns their names.
+/// GC of host veths. Deleted (taking their routes and neighbours with them), names returned:
+/// - a veth whose alias is one of this network's (`is_host_veth_alias_of`) and is not the
+///   alias of an attachment the runtime lists;
+/// - a veth with no alias, named like a host veth (`is_host_veth_name`), whose name is not
+///   that of a listed attachment. Reef's own veths reach this namespace only already
+///   aliased (`Netlink::create_veth` moves them in with the alias in one request), so an
+///   unaliased one is the leftover of an ADD that never completed (a killed or failed
+///   two-request ADD of an older Reef): no runtime holds it as a live attachment of any
+///   network, so it is stale for every network and this one may collect it. Veths with any
+///   other alias, or other names, are another network's or not Reef's and are left alone.
 fn gc_stale_veths(args: &CmdArgs) -> Result<Vec<String>, CniError> {
-    let valid: HashSet<(String, String)> = args.conf.valid_attachments()?.into_iter().collect();
+    let listed = args.conf.valid_attachments()?;
+    let network = &args.conf.name;
+    let aliases: HashSet<String> = listed
+        .iter()
+        .map(|(cid, ifname)| host_veth_alias(network, cid, ifname))
+        .collect();
+    let names: HashSet<String> = listed
+        .iter()
+        .map(|(cid, ifname)| host_veth_name(cid, ifname))
+        .collect();
     block_on(async {
         let host = Netlink::current().map_err(nl_err)?;
         let mut removed = Vec::new();
         for l in host.links().await.map_err(nl_err)? {
-            let Some(alias) = l.alias.as_deref() else {
-                continue;
+            let stale = match l.alias.as_deref().filter(|a| !a.is_empty()) {
+                Some(alias) => is_host_veth_alias_of(alias, network) && !aliases.contains(alias),
+                None => {
+                    l.kind.as_deref() == Some("veth")
+                        && is_host_veth_name(&l.name)
+                        && !names.contains(&l.name)
+                }
             };
-            let Some((cid, ifname)) = parse_host_veth_alias(alias, &args.conf.name) else {
-                continue;
-            };
-            if !valid.contains(&(cid.to_string(), ifname.to_string())) {
+            if stale {
                 host.delete_link(&l.name).await.map_err(nl_err)?;
                 removed.push(l.name);
             }

@@ -175,15 +175,17 @@ pub fn dispatch<P: Plugin>(plugin: &P, inv: &Invocation) -> Outcome {
         );
     };
     if command == Command::Version {
-        // The reply echoes the caller's version when it sent a config, else the latest.
+        // The reply names the caller's version when it is one we speak, else the latest: an
+        // unknown version echoed back would read as supported. VERSION itself never fails.
         let asked = serde_json::from_slice::<serde_json::Value>(&inv.stdin)
             .ok()
             .and_then(|v| {
                 v.get("cniVersion")
                     .and_then(|s| s.as_str())
-                    .map(String::from)
+                    .and_then(|s| Version::parse(s).ok())
             })
-            .unwrap_or_else(|| Version::LATEST.as_str().into());
+            .unwrap_or(Version::LATEST)
+            .as_str();
         let versions: Vec<&str> = Version::ALL.iter().map(|v| v.as_str()).collect();
         return Outcome::Ok(Some(
             json!({"cniVersion": asked, "supportedVersions": versions}),
@@ -427,6 +429,25 @@ mod tests {
                 }
             }
             o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn version_answers_only_versions_it_speaks() {
+        for (stdin, want) in [
+            (r#"{"cniVersion":"1.0.0"}"#, "1.0.0"),
+            (r#"{"cniVersion":"9.9.9"}"#, "1.1.0"),
+            (r#"{"cniVersion":"banana"}"#, "1.1.0"),
+            (r#"{"cniVersion":3}"#, "1.1.0"),
+            ("", "1.1.0"),
+        ] {
+            match dispatch(&Echo, &inv("VERSION", &[], stdin)) {
+                Outcome::Ok(Some(v)) => {
+                    assert_eq!(v["cniVersion"], want, "{stdin}");
+                    assert_eq!(v["supportedVersions"].as_array().map(Vec::len), Some(5));
+                }
+                o => panic!("{stdin}: {o:?}"),
+            }
         }
     }
 

@@ -322,18 +322,29 @@ impl Netlink {
             .map_err(|e| Error::nl(format!("set link {index} up"), e))
     }
 
-    /// Creates a veth pair in one request: `host` here (up, attached to `controller`, labelled
-    /// with `alias`), `peer` created directly inside `peer_ns` so it never appears here.
+    /// Creates a veth pair whose host end `host` appears here already labelled with `alias`,
+    /// up and attached to `controller`; `peer` is created directly inside `peer_ns`.
+    ///
+    /// The kernel ignores IFLA_IFALIAS in RTM_NEWLINK, and a second request after creation
+    /// leaves an unlabelled host veth behind when it fails or the caller is killed in
+    /// between (GC finds veths by alias). So both ends are created inside `peer_ns`, and one
+    /// RTM_SETLINK there (through `peer_nl`, a socket in `peer_ns`) moves the host end here
+    /// while setting its alias, controller and up state: the kernel applies it as a whole,
+    /// so the host end is never here without its alias. A pair stranded in `peer_ns` dies
+    /// with it, or with DEL's removal of the pod end. `self` must be a socket in the calling
+    /// thread's namespace (the move targets it by `/proc/self/task/TID/ns/net`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_veth(
         &self,
         host: &str,
         peer: &str,
         peer_ns: &NetNs,
+        peer_nl: &Netlink,
         mtu: Option<u32>,
         controller: Option<u32>,
         alias: Option<&str>,
     ) -> Result<()> {
-        self.create_veth_with_mac(host, peer, peer_ns, mtu, controller, alias, None)
+        self.create_veth_with_mac(host, peer, peer_ns, peer_nl, mtu, controller, alias, None)
             .await
     }
 
@@ -345,23 +356,22 @@ impl Netlink {
         host: &str,
         peer: &str,
         peer_ns: &NetNs,
+        peer_nl: &Netlink,
         mtu: Option<u32>,
         controller: Option<u32>,
         alias: Option<&str>,
         host_mac: Option<&[u8]>,
     ) -> Result<()> {
+        let here = NetNs::current()?;
         let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.fd());
         if let Some(m) = mtu {
             p = p.mtu(m);
         }
         let mut v = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
-            .up();
+            .setns_by_fd(peer_ns.fd());
         if let Some(m) = mtu {
             v = v.mtu(m);
-        }
-        if let Some(c) = controller {
-            v = v.controller(c);
         }
         if let Some(mac) = host_mac {
             v = v.address(mac.to_vec());
@@ -372,16 +382,25 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Error::nl(format!("create veth {host} (peer {peer})"), e))?;
-        // The kernel ignores IFLA_IFALIAS when creating a link; only setlink applies it.
-        if let Some(a) = alias {
-            self.handle
-                .link()
-                .set(LinkUnspec::new_with_name(host).alias(a).build())
-                .execute()
-                .await
-                .map_err(|e| Error::nl(format!("set alias of {host}"), e))?;
+        let mut m = LinkUnspec::new_with_name(host).setns_by_fd(here.fd()).up();
+        if let Some(c) = controller {
+            m = m.controller(c);
         }
-        Ok(())
+        if let Some(a) = alias {
+            m = m.alias(a);
+        }
+        let moved = peer_nl
+            .handle
+            .link()
+            .set(m.build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("move veth {host} into the host namespace"), e));
+        if moved.is_err() {
+            // Nothing of the pair is here yet: remove it from the peer's namespace.
+            let _ = peer_nl.delete_link(peer).await;
+        }
+        moved
     }
 
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {

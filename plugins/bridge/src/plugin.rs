@@ -92,6 +92,46 @@ fn is_link_local(ip: &IpAddr) -> bool {
     }
 }
 
+/// One subnet on two bridges splits it: the host routes it to whichever bridge got its
+/// address first, so the other bridge's pods are unreachable. Refused (7) when another bridge
+/// already carries an address overlapping a subnet IPAM gave this attachment.
+async fn refuse_subnet_on_other_bridge(
+    host: &Netlink,
+    bridge: &str,
+    ipam: &CniResult,
+) -> Result<(), CniError> {
+    let bridges: Vec<LinkInfo> = host
+        .links()
+        .await
+        .map_err(nl_err)?
+        .into_iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge") && l.name != bridge)
+        .collect();
+    if bridges.is_empty() {
+        return Ok(());
+    }
+    let addrs = host.all_addresses().await.map_err(nl_err)?;
+    for ip in &ipam.ips {
+        let ours = subnet_of(&ip.address);
+        for a in &addrs {
+            let theirs = subnet_of(&a.address);
+            let overlaps = ours.is_ipv4() == theirs.is_ipv4()
+                && (ours.contains(theirs.network()) || theirs.contains(ours.network()));
+            if !overlaps {
+                continue;
+            }
+            if let Some(other) = bridges.iter().find(|b| b.index == a.index) {
+                return Err(CniError::invalid_config(format!(
+                    "subnet {ours} is already on bridge {} (address {}); one subnet cannot \
+                     span two bridges (this network uses {})",
+                    other.name, a.address, bridge
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl HostSide for Bridge {
     const PLUGIN: &'static str = "reef-bridge";
 
@@ -108,6 +148,8 @@ impl HostSide for Bridge {
             .ensure_bridge(&conf.bridge, conf.mtu)
             .await
             .map_err(nl_err)?;
+        // Before the gateway address: a refused ADD leaves the other bridge's subnet alone.
+        refuse_subnet_on_other_bridge(host, &br.name, ipam).await?;
         if conf.gateway_mode() {
             for ip in &ipam.ips {
                 if let Some(gw) = ip.gateway {
