@@ -524,6 +524,13 @@ impl Netlink {
             .collect())
     }
 
+    /// Every route of the main table for one family, whatever its type or protocol: what a
+    /// daemon must check before it adds a route it does not own.
+    pub async fn main_table_routes(&self, v6: bool) -> Result<Vec<RouteInfo>> {
+        let msgs = self.route_messages(v6).await?;
+        Ok(msgs.iter().filter_map(|m| route_info(m, false)).collect())
+    }
+
     async fn route_messages(&self, v6: bool) -> Result<Vec<RouteMessage>> {
         let query: RouteMessage = if v6 {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()

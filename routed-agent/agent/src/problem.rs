@@ -2,6 +2,27 @@
 //! status (`reefctl node ls` shows it); the retry decision is made on the variant.
 
 use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+
+/// Why a block or borrowed-address record is not routed: the agent programs only CIDRs that
+/// IPAM could have written, so a forged or corrupt record cannot reach anyone else's routes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("no readable cluster config (no pools to check it against)")]
+    NoPools,
+    #[error("host bits set")]
+    HostBits,
+    #[error("outside every configured pool")]
+    OutsidePools,
+    #[error("not the pool's block size /{0}")]
+    WrongSize(u8),
+    #[error("stored under another block's key")]
+    KeyMismatch,
+    #[error("overlaps {cidr} of node {node}")]
+    Overlaps { cidr: IpNetwork, node: String },
+    #[error("its block {0} is not a block of the pools containing it")]
+    BadLender(IpNetwork),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
@@ -20,12 +41,29 @@ pub enum Problem {
     Route(String),
     #[error("natOutgoing: {0}")]
     Nat(String),
+    #[error("block {cidr} of node {node} ignored: {why}")]
+    BadBlock {
+        cidr: IpNetwork,
+        node: String,
+        why: Rejection,
+    },
+    #[error("borrowed address {ip} of node {node} ignored: {why}")]
+    BadBorrowed {
+        ip: IpAddr,
+        node: String,
+        why: Rejection,
+    },
+    /// A route to this destination exists and is not Reef's: it is never replaced.
+    #[error("a route to {dst} that is not Reef's (protocol {protocol}) exists; left alone")]
+    ForeignRoute { dst: IpNetwork, protocol: u8 },
 }
 
 impl Problem {
     /// Whether to try again soon. Problems with the cluster state (a node not registered yet,
     /// no VTEP yet, a family mismatch) are fixed by a change that arrives as a watch event;
-    /// retrying them would only repeat the work. Kernel refusals may clear on their own.
+    /// retrying them would only repeat the work. So are rejected records and routes owned by
+    /// someone else: each is reported once and re-checked on the next change or resync.
+    /// Kernel refusals may clear on their own.
     pub fn retry(&self) -> bool {
         matches!(self, Problem::Route(_) | Problem::Nat(_))
     }
@@ -45,6 +83,20 @@ mod tests {
             Problem::NoVtep,
             Problem::OverlayIpv4Only,
             Problem::FamilyMismatch("198.18.1.2/24".parse().unwrap()),
+            Problem::BadBlock {
+                cidr: "10.244.0.64/25".parse().unwrap(),
+                node: "n1".into(),
+                why: Rejection::HostBits,
+            },
+            Problem::BadBorrowed {
+                ip: "198.18.0.1".parse().unwrap(),
+                node: "n1".into(),
+                why: Rejection::OutsidePools,
+            },
+            Problem::ForeignRoute {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                protocol: 3,
+            },
         ] {
             assert!(!p.retry(), "{p}");
         }

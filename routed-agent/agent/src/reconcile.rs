@@ -70,6 +70,12 @@ fn publish(st: &State, view: &ClusterView, outcome: Outcome) {
         .map(|(node, p)| (node.clone(), p.to_string()))
         .collect();
     let routes = outcome.routes;
+    // Each problem is logged when it appears or changes, not on every retry or resync.
+    for (about, why) in &problems {
+        if st.status.borrow().problems.get(about) != Some(why) {
+            crate::warn!("problem", about = about, problem = why);
+        }
+    }
     st.status.send_if_modified(|s| {
         if s.routes == routes && s.problems == problems && s.mode == mode {
             return false;

@@ -41,7 +41,16 @@ impl ClusterView {
     /// logged and treated as absent: one bad record must not stop routing for the rest.
     pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Touched {
         if key == CONFIG_KEY {
-            self.config = value.and_then(|v| decode(key, v));
+            // A corrupt config keeps the last readable one: the pools are what every block is
+            // checked against, and losing them would withdraw every route.
+            match value {
+                None => self.config = None,
+                Some(v) => {
+                    if let Some(c) = decode(key, v) {
+                        self.config = Some(c);
+                    }
+                }
+            }
             return Touched::Config;
         }
         if let Some(name) = key.strip_prefix(NODES) {

@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub blocks: Vec<(String, i64, Block)>,
     pub handles: Vec<(String, HandleRecord)>,
     pub borrowed: Vec<(IpAddr, BorrowedRecord)>,
+    /// Records that do not decode (left out of everything above), with their revision:
+    /// `ipam gc` deletes them and `init --force` overwrites a bad config.
+    pub unreadable: Vec<(DecodeError, i64)>,
 }
 
 pub async fn snapshot(etcd: &mut Etcd) -> Result<Snapshot> {
@@ -51,36 +54,63 @@ pub async fn snapshot(etcd: &mut Etcd) -> Result<Snapshot> {
         blocks: Vec::new(),
         handles: Vec::new(),
         borrowed: Vec::new(),
+        unreadable: Vec::new(),
     };
     for kv in kvs {
         let key = String::from_utf8_lossy(kv.key()).into_owned();
-        if key == CONFIG_KEY {
-            s.config = Some(decode(kv.key(), kv.value())?);
-        } else if let Some(n) = key.strip_prefix(NODES) {
-            s.nodes.push(n.to_string());
-            if let Ok(rec) = serde_json::from_slice::<NodeRecord>(kv.value()) {
-                s.node_records.insert(n.to_string(), rec);
+        let rev = kv.mod_revision();
+        // One undecodable record must not hide the rest, nor block the commands that repair
+        // it: it is named in `unreadable` and left out of the view.
+        let res = (|| -> std::result::Result<(), DecodeError> {
+            if key == CONFIG_KEY {
+                s.config = Some(decode(kv.key(), kv.value())?);
+            } else if let Some(n) = key.strip_prefix(NODES) {
+                s.nodes.push(n.to_string());
+                if let Ok(rec) = serde_json::from_slice::<NodeRecord>(kv.value()) {
+                    s.node_records.insert(n.to_string(), rec);
+                }
+            } else if let Some(n) = key.strip_prefix(AGENTS) {
+                if let Ok(st) = serde_json::from_slice::<AgentStatus>(kv.value()) {
+                    s.agents.insert(n.to_string(), st);
+                }
+            } else if key.starts_with(BLOCKS) {
+                s.blocks
+                    .push((key.clone(), rev, decode(kv.key(), kv.value())?));
+            } else if let Some(id) = key.strip_prefix(HANDLES) {
+                s.handles
+                    .push((id.to_string(), decode(kv.key(), kv.value())?));
+            } else if let Some(ip) = key.strip_prefix(BORROWED) {
+                if let Ok(ip) = ip.parse() {
+                    s.borrowed.push((ip, decode(kv.key(), kv.value())?));
+                }
             }
-        } else if let Some(n) = key.strip_prefix(AGENTS) {
-            if let Ok(st) = serde_json::from_slice::<AgentStatus>(kv.value()) {
-                s.agents.insert(n.to_string(), st);
-            }
-        } else if key.starts_with(BLOCKS) {
-            s.blocks.push((
-                key.clone(),
-                kv.mod_revision(),
-                decode(kv.key(), kv.value())?,
-            ));
-        } else if let Some(id) = key.strip_prefix(HANDLES) {
-            s.handles
-                .push((id.to_string(), decode(kv.key(), kv.value())?));
-        } else if let Some(ip) = key.strip_prefix(BORROWED) {
-            if let Ok(ip) = ip.parse() {
-                s.borrowed.push((ip, decode(kv.key(), kv.value())?));
-            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            s.unreadable.push((e, rev));
         }
     }
     Ok(s)
+}
+
+/// Deletes the unreadable records of `snap` (the config excepted: `init --force` rewrites
+/// it), each only if unchanged since the snapshot. Returns the keys deleted.
+async fn remove_unreadable(etcd: &mut Etcd, snap: &Snapshot) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for (e, rev) in &snap.unreadable {
+        if e.key == CONFIG_KEY {
+            continue;
+        }
+        let key = e.key.as_str();
+        let when = vec![Compare::mod_revision(key, CompareOp::Equal, *rev)];
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![TxnOp::delete(key, None)]);
+        if etcd.txn(txn).await?.succeeded() {
+            removed.push(e.key.clone());
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes the cluster config (and returns it as written). Refuses a change of pools while any
@@ -92,6 +122,12 @@ pub async fn init(etcd: &mut Etcd, config: &ClusterConfig, force: bool) -> Resul
         p.validate().map_err(AdminError::InvalidPool)?;
     }
     let snap = snapshot(etcd).await?;
+    if snap.unreadable.iter().any(|(e, _)| e.key == CONFIG_KEY) && !force {
+        return Err(AdminError::Refused(format!(
+            "refusing to re-initialise: the current {CONFIG_KEY} is unreadable, so the pools in \
+             use cannot be checked; --force overwrites it"
+        )));
+    }
     if let Some(old) = &snap.config {
         let in_use: Vec<&Pool> = old
             .pools
@@ -145,23 +181,33 @@ pub struct GcReport {
     pub released_ips: Vec<IpAddr>,
     pub released_blocks: Vec<IpNetwork>,
     pub orphan_allocations: Vec<IpAddr>,
+    /// Undecodable records deleted (their allocations are then freed as orphans).
+    pub removed_records: Vec<String>,
 }
 
 /// Cluster GC: (1) handles of nodes that are gone (optionally only `node`'s handles not
 /// in `valid`), (2) allocations whose handle record is missing, (3) empty blocks whose
-/// node is gone.
+/// node is gone; first of all, (0) records that do not decode, which nothing else can use
+/// or release.
 pub async fn gc(
     etcd: &mut Etcd,
     node: Option<&str>,
     valid: Option<&HashSet<String>>,
 ) -> Result<GcReport> {
-    let snap = snapshot(etcd).await?;
+    let first = snapshot(etcd).await?;
+    let removed_records = remove_unreadable(etcd, &first).await?;
+    let snap = if removed_records.is_empty() {
+        first
+    } else {
+        snapshot(etcd).await?
+    };
     let nodes: HashSet<&str> = snap.nodes.iter().map(String::as_str).collect();
     let mut report = GcReport {
         released_handles: Vec::new(),
         released_ips: Vec::new(),
         released_blocks: Vec::new(),
         orphan_allocations: Vec::new(),
+        removed_records,
     };
     let in_scope = |n: &str| node.is_none_or(|only| only == n);
     for (id, rec) in &snap.handles {

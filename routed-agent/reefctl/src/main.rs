@@ -256,6 +256,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             command: IpamCmd::Show,
         } => {
             let snap = admin::snapshot(&mut etcd).await?;
+            warn_unreadable(&snap);
             Ok(ipam_show(&snap))
         }
         Cmd::Ipam {
@@ -268,6 +269,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             command: NodeCmd::Ls,
         } => {
             let snap = admin::snapshot(&mut etcd).await?;
+            warn_unreadable(&snap);
             Ok(node_table(&snap))
         }
         Cmd::Node {
@@ -281,6 +283,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             command: BlockCmd::Ls,
         } => {
             let snap = admin::snapshot(&mut etcd).await?;
+            warn_unreadable(&snap);
             let mut text = format!(
                 "{:<28} {:<20} {:>6} {:>9}\n",
                 "BLOCK", "NODE", "USED", "CAPACITY"
@@ -303,6 +306,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 Ok(s) => s,
                 Err(e) => return Err(unreachable_status(cli, cfg, e.into())),
             };
+            warn_unreadable(&snap);
             let value = json!({
                 "etcd": "ok",
                 "endpoints": etcd.endpoints(),
@@ -312,6 +316,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 "nodes": node_table(&snap).1,
                 "blocks": snap.blocks.len(),
                 "handles": snap.handles.len(),
+                "unreadable": snap.unreadable.iter().map(|(e, _)| e.key.clone()).collect::<Vec<_>>(),
             });
             let mut text = match &snap.config {
                 None => format!("etcd {}: ok\ncluster: not initialised (run reefctl init)\n", etcd.endpoints()),
@@ -329,8 +334,19 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             if snap.config.is_some() {
                 text.push_str(&node_table(&snap).0);
             }
+            for (e, _) in &snap.unreadable {
+                text.push_str(&format!("unreadable record {}: {}\n", e.key, e.detail));
+            }
             Ok((text, value))
         }
+    }
+}
+
+/// Names every record the snapshot had to leave out, on stderr (stdout stays the document
+/// asked for), with the commands that repair them.
+fn warn_unreadable(snap: &admin::Snapshot) {
+    for (e, _) in &snap.unreadable {
+        eprintln!("reefctl: skipped {e} (`reefctl ipam gc` deletes it; `reefctl init --force` rewrites a config)");
     }
 }
 

@@ -168,18 +168,22 @@ pub fn ipam_show(snap: &Snapshot) -> (String, Value) {
 }
 
 pub fn gc_report(r: &GcReport) -> (String, Value) {
-    let text = format!(
+    let mut text = format!(
         "released {} handles ({} addresses), {} orphan allocations, {} empty blocks\n",
         r.released_handles.len(),
         r.released_ips.len(),
         r.orphan_allocations.len(),
         r.released_blocks.len()
     );
+    for k in &r.removed_records {
+        text.push_str(&format!("removed unreadable record {k}\n"));
+    }
     let value = json!({
         "releasedHandles": r.released_handles,
         "releasedIps": r.released_ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         "releasedBlocks": r.released_blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
         "orphanAllocations": r.orphan_allocations.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "removedRecords": r.removed_records,
     });
     (text, value)
 }

@@ -8,6 +8,7 @@
 //! instead of following the default route back out. Our own pods' /32s are the CNI plugin's.
 
 pub mod nat;
+pub mod trust;
 pub mod vxlan;
 
 use crate::problem::Problem;
@@ -68,7 +69,10 @@ pub fn compute(view: &ClusterView, me: &str, next_hop: &NextHop<'_>) -> Desired 
                 d.problems.insert(node.to_string(), why);
             }
         };
-    for block in view.blocks.values() {
+    // Only records that pass the trust checks become routes; the rest are reported.
+    let trusted = trust::trusted(view);
+    d.problems.extend(trusted.problems);
+    for block in trusted.blocks {
         if block.node == me {
             d.routes.insert(
                 block.cidr,
@@ -81,9 +85,9 @@ pub fn compute(view: &ClusterView, me: &str, next_hop: &NextHop<'_>) -> Desired 
             add_remote(&mut d, block.cidr, &block.node);
         }
     }
-    for (ip, rec) in &view.borrowed {
+    for (ip, rec) in trusted.borrowed {
         if rec.node != me {
-            add_remote(&mut d, host_net(*ip), &rec.node);
+            add_remote(&mut d, host_net(ip), &rec.node);
         }
     }
     d
@@ -107,6 +111,10 @@ mod tests {
 
     fn view() -> ClusterView {
         ClusterView::from_kvs([
+            (
+                "/reef/config",
+                &br#"{"pools":[{"cidr":"10.0.0.0/24","blockPrefix":26}],"mode":"routed"}"#[..],
+            ),
             (
                 "/reef/nodes/a",
                 &br#"{"name":"a","address":"198.18.1.2/24"}"#[..],

@@ -78,8 +78,9 @@ pub fn plan(view: &ClusterView, local: Local<'_>) -> Plan {
 /// The VTEP address: the network address of the node's lowest IPv4 block (an address IPAM
 /// never hands out), so it is unique and inside the pool.
 pub fn own_vtep_ip(view: &ClusterView, me: &str) -> Option<Ipv4Addr> {
-    view.blocks
-        .values()
+    super::trust::trusted(view)
+        .blocks
+        .into_iter()
         .filter(|b| b.node == me)
         .filter_map(|b| match b.cidr.network() {
             IpAddr::V4(v4) => Some(v4),
@@ -148,6 +149,10 @@ mod tests {
 
     fn view() -> ClusterView {
         ClusterView::from_kvs([
+            (
+                "/reef/config",
+                &br#"{"pools":[{"cidr":"10.0.0.0/24","blockPrefix":26}],"mode":"vxlan"}"#[..],
+            ),
             (
                 "/reef/nodes/a",
                 &br#"{"name":"a","address":"198.18.1.1/24","vtepMac":"AA:00:00:00:00:01","vtepIp":"10.0.0.0"}"#[..],

@@ -18,6 +18,9 @@ pub struct RouteProgrammer {
     nl: Netlink,
     /// What the kernel has, as far as we know: our routes only.
     programmed: BTreeMap<IpNetwork, Target>,
+    /// Wanted routes left alone because someone else's route holds the destination, with that
+    /// route's protocol: reported again without a kernel call until the wish or a resync changes.
+    foreign: BTreeMap<IpNetwork, (Target, u8)>,
 }
 
 fn spec(dst: IpNetwork, t: Target) -> RouteSpec {
@@ -50,6 +53,7 @@ impl RouteProgrammer {
         RouteProgrammer {
             nl,
             programmed: BTreeMap::new(),
+            foreign: BTreeMap::new(),
         }
     }
 
@@ -73,7 +77,57 @@ impl RouteProgrammer {
             }
         }
         self.programmed = have;
+        self.foreign.clear();
         Ok(self.apply(desired).await)
+    }
+
+    /// The protocol of a route in the main table to `dst` that is not ours, if there is one.
+    /// Only our own routes are ever replaced: anything else (the default route, the underlay's
+    /// connected route, an operator's route) is left alone whatever the cluster state says.
+    async fn foreign_owner(&self, dst: IpNetwork) -> reef_netlink::Result<Option<u8>> {
+        Ok(self
+            .nl
+            .main_table_routes(dst.is_ipv6())
+            .await?
+            .into_iter()
+            .filter(|r| r.dst == dst)
+            .map(|r| r.protocol.unwrap_or_default())
+            .find(|p| *p != RTPROT_REEF))
+    }
+
+    /// Installs one wanted route: replaces it when it is ours, adds it (exclusively) when the
+    /// destination is free, and refuses when someone else's route holds it.
+    async fn install(&self, dst: IpNetwork, target: Target) -> Result<(), Problem> {
+        if !self.programmed.contains_key(&dst) {
+            match self.foreign_owner(dst).await {
+                Ok(Some(protocol)) => return Err(Problem::ForeignRoute { dst, protocol }),
+                Ok(None) => {}
+                Err(e) => return Err(explain(&e, target)),
+            }
+        }
+        // Replace only when a route of ours may be there (ours, or forgotten after a failed
+        // replace); otherwise an exclusive add, so a route appearing meanwhile is not replaced.
+        let ours = self.programmed.contains_key(&dst);
+        let res = if ours {
+            self.nl.replace_route(&spec(dst, target)).await
+        } else {
+            self.nl.add_route(&spec(dst, target)).await
+        };
+        match res {
+            Err(e) if !ours && e.is_exists() => {
+                // Ours after all (left from a failed replace): find out before replacing.
+                match self.foreign_owner(dst).await {
+                    Ok(Some(protocol)) => Err(Problem::ForeignRoute { dst, protocol }),
+                    Ok(None) => self
+                        .nl
+                        .replace_route(&spec(dst, target))
+                        .await
+                        .map_err(|e| explain(&e, target)),
+                    Err(e) => Err(explain(&e, target)),
+                }
+            }
+            r => r.map_err(|e| explain(&e, target)),
+        }
     }
 
     /// Changes only what differs between what we programmed and `desired`. A route that adds
@@ -86,6 +140,7 @@ impl RouteProgrammer {
         let want: BTreeMap<IpNetwork, Target> =
             desired.routes.iter().map(|(d, w)| (*d, w.target)).collect();
         let changes = diff(&self.programmed, &want);
+        self.foreign.retain(|dst, _| want.contains_key(dst));
         for (dst, t) in changes.stale {
             match self.nl.delete_route(&spec(dst, t)).await {
                 Ok(_) => {
@@ -101,7 +156,19 @@ impl RouteProgrammer {
                 .get(&dst)
                 .map(|w| w.node.as_str())
                 .unwrap_or_default();
-            match self.nl.replace_route(&spec(dst, target)).await {
+            if let Some((t, protocol)) = self.foreign.get(&dst) {
+                if *t == target {
+                    // Already reported; re-checked at the next resync.
+                    let p = Problem::ForeignRoute {
+                        dst,
+                        protocol: *protocol,
+                    };
+                    outcome.problems.insert(node.to_string(), p);
+                    continue;
+                }
+            }
+            self.foreign.remove(&dst);
+            match self.install(dst, target).await {
                 Ok(()) => {
                     self.programmed.insert(dst, target);
                     crate::info!(
@@ -111,9 +178,11 @@ impl RouteProgrammer {
                         node = node
                     );
                 }
-                Err(e) => {
-                    let why = explain(&e, target);
+                Err(why) => {
                     crate::warn!("route failed", dst = dst, node = node, error = why);
+                    if let Problem::ForeignRoute { protocol, .. } = why {
+                        self.foreign.insert(dst, (target, protocol));
+                    }
                     // Whatever we had for it may still be there (a failed replace leaves the
                     // old route); forget it so the next apply tries again.
                     self.programmed.remove(&dst);
