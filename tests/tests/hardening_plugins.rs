@@ -1,0 +1,84 @@
+//! Hostile inputs to the main plugins (reef-bridge over the shared reef-attach/reef-cni code):
+//! delegation loops. Each case must end quickly with a CNI error.
+
+use std::time::{Duration, Instant};
+
+use reef_tests::expect::*;
+use reef_tests::inspect::*;
+use reef_tests::netconf::*;
+use reef_tests::*;
+use serde_json::{json, Value};
+
+const IFNAME: &str = "eth0";
+/// Far beyond what any refusal takes; the unfixed plugins never returned at all.
+const QUICK: Duration = Duration::from_secs(20);
+
+fn conf(env: &HostWithPods, net: &str, bridge: &str, octet: u8) -> Value {
+    bridge_conf(
+        "1.0.0",
+        net,
+        bridge,
+        json!([[{ "subnet": format!("10.{octet}.0.0/24") }]]),
+        &env.data_dir().join(net),
+        json!({}),
+    )
+}
+
+/// `ipam.type` naming the plugin itself was a fork bomb; it is refused outright.
+#[test]
+fn delegation_to_itself_is_refused() {
+    let env = HostWithPods::new(1);
+    let mut conf = conf(&env, "hdself", "hdself0", 61);
+    conf["ipam"]["type"] = json!("reef-bridge");
+    let start = Instant::now();
+    let add = bridge_call("ADD", env.pods[0].path(), "self-1", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    let msg = expect_error(&add, 7, "ADD delegating to itself");
+    assert!(msg.contains("own type"), "{add}");
+    assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+    assert!(
+        links_of_kind(&env.host, "veth").is_empty(),
+        "ADD left a veth"
+    );
+}
+
+/// A loop the name check cannot see (a wrapper that execs the plugin) ends at the depth bound.
+#[test]
+fn delegation_loop_through_a_wrapper_is_bounded() {
+    let env = HostWithPods::new(1);
+    let bin = env.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    let wrapper = bin.join("loop-ipam");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\"\n",
+            plugin("reef-bridge").display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod wrapper");
+    let mut conf = conf(&env, "hdloop", "hdloop0", 62);
+    conf["ipam"]["type"] = json!("loop-ipam");
+    let start = Instant::now();
+    let add = CniCall::plugin("reef-bridge")
+        .command("ADD")
+        .runtime(env.pods[0].path(), "loop-1", IFNAME)
+        .path(&format!("{}:{}", bin.display(), cni_path()))
+        .config(&conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    let msg = expect_error(&add, 103, "ADD through a delegation loop");
+    assert!(msg.contains("delegation depth"), "{add}");
+    assert!(start.elapsed() < QUICK, "took {:?}", start.elapsed());
+    assert!(
+        links_of_kind(&env.host, "veth").is_empty(),
+        "ADD left a veth"
+    );
+}
+
