@@ -1,6 +1,7 @@
 //! Hostile inputs to the main plugins (reef-bridge over the shared reef-attach/reef-cni code):
-//! delegation loops. Each case must end quickly with a CNI error.
+//! delegation loops, FIFOs named as files. Each case must end quickly with a CNI error.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reef_tests::expect::*;
@@ -22,6 +23,11 @@ fn conf(env: &HostWithPods, net: &str, bridge: &str, octet: u8) -> Value {
         &env.data_dir().join(net),
         json!({}),
     )
+}
+
+fn mkfifo(path: &Path) {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", path.display()));
 }
 
 /// `ipam.type` naming the plugin itself was a fork bomb; it is refused outright.
@@ -80,5 +86,48 @@ fn delegation_loop_through_a_wrapper_is_bounded() {
         links_of_kind(&env.host, "veth").is_empty(),
         "ADD left a veth"
     );
+}
+
+/// A FIFO as CNI_NETNS blocked ADD and DEL in open() forever.
+#[test]
+fn fifo_as_netns_is_refused_without_blocking() {
+    let env = HostWithPods::new(0);
+    let fifo = env.dir.path().join("netns-fifo");
+    mkfifo(&fifo);
+    let conf = conf(&env, "hdfifo", "hdfifo0", 63);
+    let add = bridge_call("ADD", &fifo, "fifo-1", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    let msg = expect_error(&add, 5, "ADD with a FIFO as netns");
+    assert!(add.stdout.contains("FIFO"), "{msg}:\n{add}");
+    let del = bridge_call("DEL", &fifo, "fifo-1", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_ok(&del, "DEL with a FIFO as netns");
+    let dev_null = bridge_call("ADD", Path::new("/dev/null"), "fifo-2", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_error(&dev_null, 5, "ADD with /dev/null as netns");
+}
+
+/// A FIFO as ipam.resolvConf blocked ADD in open() forever.
+#[test]
+fn fifo_as_resolv_conf_is_refused_without_blocking() {
+    let env = HostWithPods::new(1);
+    let fifo = env.dir.path().join("resolv-fifo");
+    mkfifo(&fifo);
+    let mut conf = conf(&env, "hdresolv", "hdresolv0", 64);
+    conf["ipam"]["resolvConf"] = json!(fifo);
+    let add = bridge_call("ADD", env.pods[0].path(), "resolv-1", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_error(&add, 5, "ADD with a FIFO as resolvConf");
+    assert!(add.stdout.contains("FIFO"), "{add}");
+    assert!(!has_link(&env.pods[0], IFNAME), "ADD left the pod end");
+    conf["ipam"]["resolvConf"] = json!("/dev/zero");
+    let add = bridge_call("ADD", env.pods[0].path(), "resolv-2", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_error(&add, 5, "ADD with /dev/zero as resolvConf");
 }
 
