@@ -1,5 +1,6 @@
 //! Hostile inputs to the main plugins (reef-bridge over the shared reef-attach/reef-cni code):
-//! delegation loops, FIFOs named as files. Each case must end quickly with a CNI error.
+//! delegation loops, FIFOs named as files, and the plugin's own namespace named as a pod's.
+//! Each case must end quickly with a CNI error (or, for DEL, leave strangers' links alone).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -131,3 +132,69 @@ fn fifo_as_resolv_conf_is_refused_without_blocking() {
     expect_error(&add, 5, "ADD with /dev/zero as resolvConf");
 }
 
+/// CNI_NETNS naming the plugin's own namespace put the "pod" end among the host's links.
+#[test]
+fn own_netns_is_refused_on_add() {
+    let env = HostWithPods::new(0);
+    let conf = conf(&env, "hdown", "hdown0", 65);
+    let before = link_names(&env.host);
+    let add = bridge_call("ADD", env.host.path(), "own-1", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    let msg = expect_error(&add, 4, "ADD into the plugin's own netns");
+    assert!(msg.contains("own network namespace"), "{add}");
+    assert!(
+        links_of_kind(&env.host, "veth").is_empty(),
+        "ADD left a veth in the host (before {before:?}, now {:?})",
+        link_names(&env.host)
+    );
+}
+
+/// DEL by a stranger naming a victim's interfaces (the victim's host veth in the host's own
+/// namespace, or its pod end in its namespace) deleted them; DEL of another network's
+/// attachment with the same container id and ifname deleted that attachment's veth.
+#[test]
+fn del_removes_only_what_the_attachment_owns() {
+    let env = HostWithPods::new(1);
+    let pod = &env.pods[0];
+    let conf_a = conf(&env, "hdvictim", "hdvictim0", 66);
+    let add = bridge_call("ADD", pod.path(), "victim", IFNAME, &conf_a)
+        .timeout(QUICK)
+        .run(&env.host);
+    let veth = result_host_veth(expect_ok(&add, "ADD victim").result());
+    let victim_alive = |what: &str| {
+        assert!(
+            has_link(&env.host, &veth),
+            "{what} deleted the victim's host veth {veth}"
+        );
+        assert!(has_link(pod, IFNAME), "{what} deleted the victim's pod end");
+    };
+
+    let del = bridge_call("DEL", env.host.path(), "attacker", &veth, &conf_a)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_ok(&del, "DEL naming the host's own netns");
+    victim_alive("DEL with CNI_NETNS = host and CNI_IFNAME = the victim's host veth");
+
+    let del = bridge_call("DEL", pod.path(), "attacker", IFNAME, &conf_a)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_ok(&del, "DEL of an attachment that never existed");
+    victim_alive("DEL of a stranger's container id in the victim's netns");
+
+    // Same container id and ifname, another network: the host veth name is the same, the
+    // alias is not this network's.
+    let conf_b = conf(&env, "hdother", "hdvictim0", 67);
+    let del = bridge_call("DEL", pod.path(), "victim", IFNAME, &conf_b)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_ok(&del, "DEL of the same attachment ids in another network");
+    victim_alive("DEL in another network");
+
+    let del = bridge_call("DEL", pod.path(), "victim", IFNAME, &conf_a)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_ok(&del, "DEL victim");
+    assert!(!has_link(&env.host, &veth), "the owner's DEL left {veth}");
+    assert!(!has_link(pod, IFNAME), "the owner's DEL left the pod end");
+}

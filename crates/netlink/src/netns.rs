@@ -4,7 +4,7 @@ use crate::{Error, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
 /// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
@@ -53,6 +53,18 @@ impl NetNs {
             file,
             path: path.to_string(),
         })
+    }
+
+    /// True when this is the network namespace the calling thread is in: a plugin's own
+    /// (host) namespace, which must never be treated as a pod's.
+    pub fn is_current(&self) -> Result<bool> {
+        let here = std::fs::metadata("/proc/thread-self/ns/net")
+            .map_err(|e| Error::io("stat /proc/thread-self/ns/net", e))?;
+        let this = self
+            .file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat netns {}", self.path), e))?;
+        Ok((here.dev(), here.ino()) == (this.dev(), this.ino()))
     }
 
     /// The namespace of the calling thread.
@@ -114,8 +126,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn non_namespaces_are_refused() {
-        NetNs::open("/proc/self/ns/net").expect("own netns");
+    fn own_namespace_is_current_and_non_namespaces_are_refused() {
+        let own = NetNs::open("/proc/self/ns/net").expect("own netns");
+        assert!(own.is_current().expect("compare"));
         for path in ["/dev/null", "/proc/self/status", "/"] {
             let e = NetNs::open(path).expect_err(path);
             assert!(matches!(e, Error::NotNetns { .. }), "{path}: {e}");
