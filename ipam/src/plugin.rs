@@ -10,6 +10,7 @@ use reef_schema::WorkloadRecord;
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::path::Path;
 
 /// The `reef-ipam` plugin.
 pub struct ReefIpam;
@@ -110,8 +111,12 @@ fn dns_from_resolv_conf(ipam: &Value) -> Result<Dns, CniError> {
     let Some(path) = ipam.get("resolvConf").and_then(Value::as_str) else {
         return Ok(Dns::default());
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CniError::io(format!("failed to read resolvConf {path}"), &e))?;
+    // Bounded and type-checked: a FIFO or device named here must not hang the plugin.
+    let bytes = reef_cni::file::read_bounded(Path::new(path), reef_cni::file::MAX_USER_FILE)
+        .map_err(|e| {
+            CniError::new(codes::IO, "failed to read resolvConf").with_details(e.to_string())
+        })?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut dns = Dns::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();

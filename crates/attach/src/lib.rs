@@ -33,12 +33,30 @@ pub fn block_on<F: Future>(f: F) -> Result<F::Output, CniError> {
     Ok(rt.block_on(f))
 }
 
+/// The pod's namespace (ADD, CHECK). The plugin's own namespace is refused: the "pod" end
+/// would land among the host's interfaces, and DEL of such an attachment would act on them.
 pub fn open_netns(args: &CmdArgs) -> Result<NetNs, CniError> {
     let path = args.netns.as_deref().unwrap_or_default();
-    NetNs::open(path).map_err(|e| {
+    let ns = NetNs::open(path).map_err(|e| {
         CniError::new(codes::IO, format!("failed to open netns \"{path}\""))
             .with_details(e.to_string())
-    })
+    })?;
+    if ns.is_current().map_err(nl_err)? {
+        return Err(CniError::invalid_env(format!(
+            "CNI_NETNS \"{path}\" is the plugin's own network namespace, not a container's"
+        )));
+    }
+    Ok(ns)
+}
+
+/// The pod's namespace for DEL's teardown, if it can be acted on: None when it is gone,
+/// unusable, or the plugin's own namespace (never a pod's: see [`open_netns`]).
+pub fn pod_netns_for_del(args: &CmdArgs) -> Option<NetNs> {
+    let ns = NetNs::open(args.netns.as_deref()?).ok()?;
+    match ns.is_current() {
+        Ok(false) => Some(ns),
+        _ => None,
+    }
 }
 
 /// CHECK's lookup of the host end of the pair.

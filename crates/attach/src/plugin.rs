@@ -1,12 +1,14 @@
 //! The CNI verbs of a veth-pair main plugin, around its [`HostSide`].
 
-use crate::{block_on, check_err, nl_err, open_netns, pod, Add, Check, HostSide, Released};
+use crate::{
+    block_on, check_err, nl_err, open_netns, pod, pod_netns_for_del, Add, Check, HostSide, Released,
+};
 use reef_cni::attachment::{
     host_veth_alias, host_veth_name, is_host_veth_alias_of, is_host_veth_name,
 };
 use reef_cni::ipam::{InProcessIpam, IpamClient};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin};
-use reef_netlink::{NetNs, Netlink, PendingNetlink};
+use reef_netlink::{LinkInfo, NetNs, Netlink, PendingNetlink};
 use std::collections::HashSet;
 use std::marker::PhantomData;
 
@@ -171,11 +173,11 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
         let res = block_on(async {
             let host = Netlink::current().map_err(nl_err)?;
             let host_name = host_veth_name(&args.container_id, &args.ifname);
-            let veth_present = host
-                .link_by_name(&host_name)
-                .await
-                .map_err(nl_err)?
-                .is_some();
+            // Only a veth this attachment owns counts: one of that name labelled for another
+            // attachment (another network with the same container id and ifname) is left.
+            let host_link = host.link_by_name(&host_name).await.map_err(nl_err)?;
+            let veth_present = host_link.as_ref().is_some_and(|l| owned_host_veth(l, args));
+            let foreign_present = host_link.is_some() && !veth_present;
             // IPAM first, like the reference plugins: the address is released even if link
             // teardown fails, and in-process IPAM tells exactly what this attachment held.
             match self.ipam_for(args).and_then(|i| i.release()) {
@@ -186,11 +188,13 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
             // Returns once the pair has left both namespaces (taking the host routes and
             // neighbours with it); the kernel's ~20 ms of reclamation after that is sat out by
             // a detached child (reef_netlink::detached).
-            if veth_present && host.delete_link_fast(&host_name).await.map_err(nl_err)? {
+            if foreign_present
+                || (veth_present && host.delete_link_fast(&host_name).await.map_err(nl_err)?)
+            {
                 return Ok(());
             }
             // The host end is gone; if the pod end survived (a foreign host name), remove it.
-            delete_pod_end(args).await
+            delete_pod_end(&host, args).await
         });
         if let Err(e) = res.and_then(|r| r) {
             del.errors.push(e);
@@ -301,19 +305,44 @@ fn ipam_add(ipam: &IpamClient, host_name: &str) -> Result<CniResult, CniError> {
     Ok(result)
 }
 
-/// DEL's last step when the host end was already gone: a pod end that survived (created under
-/// a foreign host name) is removed if it is a veth.
-async fn delete_pod_end(args: &CmdArgs) -> Result<(), CniError> {
-    let Some(ns) = args.netns.as_deref().and_then(|p| NetNs::open(p).ok()) else {
+/// DEL's last step when the host end was not found under its name: the pair survives only
+/// if its host end has another name, and then it is removed through that host end, found by
+/// this attachment's alias. A pod-side interface is never deleted on its own: nothing on it
+/// says whose it is (CNI_IFNAME in someone else's namespace, or in the host's, names a
+/// stranger's interface).
+async fn delete_pod_end(host: &Netlink, args: &CmdArgs) -> Result<(), CniError> {
+    let Some(ns) = pod_netns_for_del(args) else {
         return Ok(());
     };
     let pod = Netlink::open_in(&ns, || Ok(())).map_err(nl_err)?;
-    if let Some(l) = pod.link_by_name(&args.ifname).await.map_err(nl_err)? {
-        if l.kind.as_deref() == Some("veth") {
-            pod.delete_link(&args.ifname).await.map_err(nl_err)?;
+    let Some(pod_end) = pod.link_by_name(&args.ifname).await.map_err(nl_err)? else {
+        return Ok(());
+    };
+    if pod_end.kind.as_deref() != Some("veth") {
+        return Ok(());
+    }
+    for l in host.links().await.map_err(nl_err)? {
+        if l.alias.as_deref() == Some(own_alias(args).as_str()) {
+            host.delete_link(&l.name).await.map_err(nl_err)?;
         }
     }
     Ok(())
+}
+
+/// The alias ADD gives this attachment's host veth.
+fn own_alias(args: &CmdArgs) -> String {
+    host_veth_alias(&args.conf.name, &args.container_id, &args.ifname)
+}
+
+/// Whether `link`, found under this attachment's host veth name, is this attachment's: a veth
+/// carrying its alias, or carrying none (an ADD that died between creating the pair and
+/// labelling it; the name is a hash of this container id and ifname).
+fn owned_host_veth(link: &LinkInfo, args: &CmdArgs) -> bool {
+    link.kind.as_deref() == Some("veth")
+        && link
+            .alias
+            .as_deref()
+            .is_none_or(|a| a == own_alias(args).as_str())
 }
 
 /// GC of host veths. Deleted (taking their routes and neighbours with them), names returned:

@@ -5,8 +5,37 @@ use crate::skel::{CmdArgs, Command};
 use crate::types::CniResult;
 use serde_json::Value;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
+
+/// Environment variable carrying how many delegations deep this process runs (unset: 0).
+/// Every exec'd delegate gets ours plus one, so a loop through any chain of plugins (not only
+/// a plugin naming itself) ends at [`MAX_DELEGATION_DEPTH`] instead of forking forever.
+pub const DELEGATION_DEPTH_ENV: &str = "REEF_DELEGATION_DEPTH";
+
+/// Deepest delegation allowed: a main plugin, its IPAM, and headroom for a delegate's own
+/// delegate. Legitimate chains are one or two deep.
+pub const MAX_DELEGATION_DEPTH: u32 = 4;
+
+/// This process's delegation depth. A value that does not parse counts as the maximum: a
+/// corrupted counter must not reset the bound.
+fn current_depth() -> u32 {
+    match std::env::var(DELEGATION_DEPTH_ENV) {
+        Err(_) => 0,
+        Ok(v) => v.trim().parse().unwrap_or(MAX_DELEGATION_DEPTH),
+    }
+}
+
+/// True when `bin` is the very file this process runs from (a plugin named under another
+/// name or through a symlink still resolves to the same inode).
+fn is_own_binary(bin: &Path) -> bool {
+    let (Ok(exe), Ok(target)) = (std::fs::metadata("/proc/self/exe"), std::fs::metadata(bin))
+    else {
+        return false;
+    };
+    (exe.dev(), exe.ino()) == (target.dev(), target.ino())
+}
 
 /// Finds `plugin` in the `CNI_PATH` directories.
 pub fn find_plugin(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, CniError> {
@@ -44,9 +73,24 @@ pub fn exec_path(
     args: &CmdArgs,
     stdin: &[u8],
 ) -> Result<Option<Value>, CniError> {
+    let name = bin.display().to_string();
+    // A plugin delegating to itself re-runs the same config and delegates again: a fork bomb.
+    if is_own_binary(bin) {
+        return Err(CniError::invalid_config(format!(
+            "refusing to delegate to {name}: it is this plugin itself"
+        )));
+    }
+    let depth = current_depth();
+    if depth >= MAX_DELEGATION_DEPTH {
+        return Err(CniError::new(
+            codes::DELEGATE,
+            format!("refusing to run {name}: delegation depth limit {MAX_DELEGATION_DEPTH} reached (a delegation loop?)"),
+        ));
+    }
     let path = std::env::join_paths(&args.path).unwrap_or_default();
     let mut cmd = Process::new(bin);
-    cmd.env("CNI_COMMAND", command.as_str())
+    cmd.env(DELEGATION_DEPTH_ENV, (depth + 1).to_string())
+        .env("CNI_COMMAND", command.as_str())
         .env("CNI_CONTAINERID", &args.container_id)
         .env("CNI_IFNAME", &args.ifname)
         .env("CNI_ARGS", args.raw_args())
@@ -58,7 +102,6 @@ pub fn exec_path(
         Some(ns) => cmd.env("CNI_NETNS", ns),
         None => cmd.env_remove("CNI_NETNS"),
     };
-    let name = bin.display().to_string();
     let mut child = cmd.spawn().map_err(|e| {
         CniError::new(codes::DELEGATE, format!("failed to run {name}")).with_details(e.to_string())
     })?;
@@ -106,6 +149,11 @@ impl<'a> Ipam<'a> {
             .and_then(|i| i.get("type"))
             .and_then(Value::as_str)
             .ok_or_else(|| CniError::invalid_config("ipam.type is required"))?;
+        if plugin == args.conf.plugin_type {
+            return Err(CniError::invalid_config(format!(
+                "ipam.type \"{plugin}\" is the plugin's own type: a plugin cannot be its own IPAM"
+            )));
+        }
         Ok(Ipam { plugin, args })
     }
 

@@ -7,6 +7,7 @@
 pub mod attachment;
 pub mod delegate;
 pub mod error;
+pub mod file;
 pub mod ipam;
 pub mod skel;
 pub mod types;

@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("{path} is not a network namespace: it is {found}")]
+    NotNetns { path: String, found: &'static str },
 }
 
 impl Error {

@@ -255,13 +255,13 @@ impl HostSide for Bridge {
         let masq_ips = match del.ips.take() {
             Some(ips) => ips,
             None if !veth_present => Vec::new(),
-            None => match (&args.conf.prev_result, &args.netns) {
-                (Some(r), _) => r.ips.iter().map(|i| i.address.ip()).collect(),
-                (None, Some(path)) => match NetNs::open(path) {
-                    Ok(ns) => pod_addresses(&ns, &args.ifname).await,
-                    Err(_) => Vec::new(),
+            None => match &args.conf.prev_result {
+                Some(r) => r.ips.iter().map(|i| i.address.ip()).collect(),
+                // Never the plugin's own namespace: its addresses are the host's.
+                None => match reef_attach::pod_netns_for_del(args) {
+                    Some(ns) => pod_addresses(&ns, &args.ifname).await,
+                    None => Vec::new(),
                 },
-                (None, None) => Vec::new(),
             },
         };
         if !masq_ips.is_empty() {
