@@ -12,9 +12,21 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use std::io;
+use std::os::fd::AsRawFd;
 
 /// nfgenmsg `res_id` of a batch: the subsystem it is for.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+
+/// Socket buffer sizes asked for (SO_*BUFFORCE as root, else capped by the sysctls). The
+/// kernel drops a reply that does not fit the receive queue (ENOBUFS on the next recv),
+/// and refuses a send larger than the send buffer (EMSGSIZE): a batch of a thousand
+/// elements and its acks must fit.
+const SOCK_BUF: libc::c_int = 8 << 20;
+
+/// At most this many pipelined requests are in flight: their replies are drained before
+/// the next ones go, so the receive queue holds a bounded number of replies whatever the
+/// caller asks for.
+const PIPELINE: usize = 64;
 
 /// One request: the message, its nfgenmsg family and its netlink flags.
 pub(crate) struct Request {
@@ -114,7 +126,31 @@ impl NfNetlink {
         let mut sock = Socket::new(NETLINK_NETFILTER)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            if setsockopt_int(&sock, force, SOCK_BUF).is_err() {
+                // Without CAP_NET_ADMIN: as much as net.core.[rw]mem_max allows.
+                setsockopt_int(&sock, plain, SOCK_BUF)?;
+            }
+        }
+        // Errors carry only the failed request's header, not its (possibly huge) payload.
+        sock.set_cap_ack(true)?;
         Ok(NfNetlink { sock, seq: 1 })
+    }
+
+    /// Receives one datagram whole: its size is peeked first (MSG_PEEK | MSG_TRUNC) and
+    /// `rbuf` grown to fit, so no reply is ever cut short, whatever its size.
+    fn recv_whole<'b>(&self, rbuf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+        let need = self
+            .sock
+            .recv(&mut &mut rbuf[..], libc::MSG_PEEK | libc::MSG_TRUNC)?;
+        if need > rbuf.len() {
+            rbuf.resize(need, 0);
+        }
+        let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
+        Ok(&rbuf[..n.min(rbuf.len())])
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -122,10 +158,26 @@ impl NfNetlink {
         self.seq
     }
 
-    /// Sends `reqs` in one send (pipelined, not a transaction) and reads until each got its
-    /// final answer: an ack or error, or NLMSG_DONE for a dump. Data messages go to
-    /// `on_msg` with the index of their request. Returns the errno (0 = success) per request.
+    /// Sends `reqs` pipelined (not a transaction), at most `PIPELINE` at a time, and reads
+    /// until each got its final answer: an ack or error, or NLMSG_DONE for a dump. Data
+    /// messages go to `on_msg` with the index of their request. Returns the errno
+    /// (0 = success) per request.
     pub(crate) fn exchange(
+        &mut self,
+        reqs: Vec<Request>,
+        mut on_msg: impl FnMut(usize, NetfilterMessage),
+    ) -> io::Result<Vec<i32>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut reqs = reqs.into_iter().peekable();
+        while reqs.peek().is_some() {
+            let chunk: Vec<Request> = reqs.by_ref().take(PIPELINE).collect();
+            let base = out.len();
+            out.extend(self.exchange_chunk(chunk, |i, m| on_msg(base + i, m))?);
+        }
+        Ok(out)
+    }
+
+    fn exchange_chunk(
         &mut self,
         reqs: Vec<Request>,
         mut on_msg: impl FnMut(usize, NetfilterMessage),
@@ -141,8 +193,7 @@ impl NfNetlink {
         let mut answers: Vec<Option<i32>> = vec![None; seqs.len()];
         let mut rbuf = vec![0u8; 65536];
         while answers.iter().any(Option::is_none) {
-            let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
-            for r in replies(&rbuf[..n])? {
+            for r in replies(self.recv_whole(&mut rbuf)?)? {
                 match r {
                     Reply::Ack { seq, errno } => {
                         if let Some(i) = seqs.iter().position(|s| *s == seq) {
@@ -210,8 +261,7 @@ impl NfNetlink {
         let (mut acked, mut first_err) = (0usize, 0);
         let mut rbuf = vec![0u8; 16384];
         while first_err == 0 && acked < data_seqs.len() {
-            let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
-            for r in replies(&rbuf[..n])? {
+            for r in replies(self.recv_whole(&mut rbuf)?)? {
                 match r {
                     Reply::Ack { seq, errno: 0 } if data_seqs.contains(&seq) => acked += 1,
                     Reply::Ack { seq, errno } if errno != 0 && ours(seq) && first_err == 0 => {
@@ -226,4 +276,21 @@ impl NfNetlink {
         }
         Ok(())
     }
+}
+
+fn setsockopt_int(sock: &Socket, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid fd, and a pointer to an int that outlives the call with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -26,6 +26,10 @@ pub struct Elem {
     pub udata: Option<Vec<u8>>,
 }
 
+/// Elements per NEWSETELEM/DELSETELEM message: well under the 64 KiB a netlink attribute
+/// can hold, with a key, data and a 127-byte comment each.
+const ELEMS_PER_MSG: usize = 128;
+
 /// One message of an element transaction.
 pub enum ElemChange<'a> {
     /// Create `elems` in `set`. With `exclusive`, an existing key fails the whole batch with
@@ -186,37 +190,40 @@ impl NfNetlink {
         table: &str,
         changes: &[ElemChange],
     ) -> io::Result<()> {
-        let msgs: Vec<Request> = changes
-            .iter()
-            .filter_map(|c| match c {
-                ElemChange::Add { elems, .. } | ElemChange::Del { elems, .. }
-                    if elems.is_empty() =>
-                {
-                    None
-                }
+        // The element list is one netlink attribute, whose length is 16 bits: a long list
+        // goes as several messages of one transaction (still all or nothing).
+        let mut msgs: Vec<Request> = Vec::new();
+        for c in changes {
+            match c {
                 ElemChange::Add {
                     set,
                     elems,
                     exclusive,
                 } => {
                     let excl = if *exclusive { NLM_F_EXCL } else { 0 };
-                    Some(Request::new(
-                        nft(NfTablesMessage::NewSetElement(elem_list(
-                            table, set, elems, true,
-                        ))),
-                        family,
-                        NLM_F_CREATE | excl,
-                    ))
+                    msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
+                        Request::new(
+                            nft(NfTablesMessage::NewSetElement(elem_list(
+                                table, set, chunk, true,
+                            ))),
+                            family,
+                            NLM_F_CREATE | excl,
+                        )
+                    }));
                 }
-                ElemChange::Del { set, elems } => Some(Request::new(
-                    nft(NfTablesMessage::DeleteSetElement(elem_list(
-                        table, set, elems, false,
-                    ))),
-                    family,
-                    0,
-                )),
-            })
-            .collect();
+                ElemChange::Del { set, elems } => {
+                    msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
+                        Request::new(
+                            nft(NfTablesMessage::DeleteSetElement(elem_list(
+                                table, set, chunk, false,
+                            ))),
+                            family,
+                            0,
+                        )
+                    }));
+                }
+            }
+        }
         self.transaction(msgs)
     }
 
