@@ -27,6 +27,7 @@
 //! Leftovers (`.tmp-*`, hints whose record is gone) are never records; they are deleted by
 //! the next operation that lists the directory under the lock.
 
+use reef_cni::file::open_store_file;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -167,14 +168,16 @@ impl LocalStore {
     /// threads sharing one `LocalStore`.
     pub(crate) fn lock(&self) -> Result<LockGuard, IpamError> {
         let path = self.dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| self.io(e, "opening lock file", &path))?;
+        let mut file = open_store_file(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+            &path,
+        )
+        .map_err(|e| self.io(e, "opening lock file", &path))?;
         loop {
             match Flock::lock(file, FlockArg::LockExclusive) {
                 Ok(lock) => return Ok(LockGuard { _lock: lock }),
@@ -264,7 +267,7 @@ impl LocalStore {
     /// The holder of the record file `name`, or `None` if there is no such file.
     fn read_record(&self, name: &OsStr) -> Result<Option<Handle>, IpamError> {
         let path = self.dir.join(name);
-        match fs::read(&path) {
+        match read_store_file(&path) {
             Ok(bytes) => Ok(Some(parse_content(&String::from_utf8_lossy(&bytes)))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io(e, "reading record", &path)),
@@ -331,7 +334,8 @@ impl LocalStore {
     /// "start from the beginning" (host-local does the same).
     pub(crate) fn last_reserved(&self, set: usize) -> Option<IpAddr> {
         let path = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
-        fs::read_to_string(path).ok()?.trim().parse().ok()
+        let bytes = read_store_file(&path).ok()?;
+        String::from_utf8_lossy(&bytes).trim().parse().ok()
     }
 
     /// Records `ip` as the last address handed out from `set`.
@@ -350,14 +354,15 @@ impl LocalStore {
     ) -> Result<(), IpamError> {
         let path = self.dir.join(format!("{LAST_RESERVED_PREFIX}{set}"));
         let text = ip.to_string();
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| self.io(e, "opening", &path))?;
+        let file = open_store_file(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644),
+            &path,
+        )
+        .map_err(|e| self.io(e, "opening", &path))?;
         file.write_all_at(text.as_bytes(), 0)
             .and_then(|()| file.set_len(text.len() as u64))
             .map_err(|e| self.io(e, "writing", &path))
@@ -512,4 +517,22 @@ mod tests {
         assert!(unescaped("a%4").any(|b| b.is_none()));
         assert!(unescaped("a%+F").any(|b| b.is_none()));
     }
+}
+
+/// Records and hints are a few dozen bytes: anything past this is not one of ours.
+const MAX_STORE_FILE: u64 = 4096;
+
+/// A small store file, read without blocking on a FIFO and bounded in size.
+fn read_store_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_store_file(OpenOptions::new().read(true), path)?;
+    let mut buf = Vec::new();
+    file.take(MAX_STORE_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_STORE_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {MAX_STORE_FILE} bytes", path.display()),
+        ));
+    }
+    Ok(buf)
 }

@@ -132,6 +132,31 @@ fn fifo_as_resolv_conf_is_refused_without_blocking() {
     expect_error(&add, 5, "ADD with /dev/zero as resolvConf");
 }
 
+/// A FIFO planted in the IPAM dataDir under a store file's name hung ADD in open(): under
+/// the first free address's record name it is refused as not a regular file, under the
+/// round-robin hint's name it is ignored like any unreadable hint.
+#[test]
+fn fifo_in_the_ipam_data_dir_is_refused_without_blocking() {
+    let env = HostWithPods::new(2);
+    let conf = conf(&env, "hdstore", "hdstore0", 67);
+    let store = env.data_dir().join("hdstore").join("hdstore");
+    std::fs::create_dir_all(&store).expect("store dir");
+    mkfifo(&store.join("10.67.0.2"));
+    let add = bridge_call("ADD", env.pods[0].path(), "store-1", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_failure(&add, "ADD with a FIFO as the first free address's record");
+    assert!(add.stdout.contains("FIFO"), "{add}");
+    assert!(!has_link(&env.pods[0], IFNAME), "ADD left the pod end");
+
+    std::fs::remove_file(store.join("10.67.0.2")).expect("remove the FIFO");
+    mkfifo(&store.join("last_reserved_ip.0"));
+    let add = bridge_call("ADD", env.pods[1].path(), "store-2", IFNAME, &conf)
+        .timeout(QUICK)
+        .run(&env.host);
+    expect_ok(&add, "ADD with a FIFO as the round-robin hint");
+}
+
 /// CNI_NETNS naming the plugin's own namespace put the "pod" end among the host's links.
 #[test]
 fn own_netns_is_refused_on_add() {

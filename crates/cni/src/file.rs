@@ -34,31 +34,51 @@ pub fn open_regular(path: &Path) -> Result<File, FileError> {
             path: path.to_path_buf(),
             source,
         })?;
-    let t = file
-        .metadata()
-        .map_err(|source| FileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .file_type();
-    if !t.is_file() {
-        let found = if t.is_fifo() {
-            "a FIFO"
-        } else if t.is_dir() {
-            "a directory"
-        } else if t.is_char_device() || t.is_block_device() {
-            "a device"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        };
-        return Err(FileError::NotRegular {
+    match kind_if_not_regular(&file) {
+        Ok(None) => Ok(file),
+        Ok(Some(found)) => Err(FileError::NotRegular {
             path: path.to_path_buf(),
             found,
-        });
+        }),
+        Err(source) => Err(FileError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    Ok(file)
+}
+
+/// `options.open(path)` for a file a store keeps (lock, records, hints) in a user-named
+/// directory: non-blocking, and anything but a regular file is refused (as `InvalidInput`),
+/// so a FIFO planted under a store's name cannot hang the plugin.
+pub fn open_store_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(path)?;
+    match kind_if_not_regular(&file)? {
+        None => Ok(file),
+        Some(found) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file (it is {found})", path.display()),
+        )),
+    }
+}
+
+/// None for a regular file, else what it is.
+fn kind_if_not_regular(file: &File) -> io::Result<Option<&'static str>> {
+    let t = file.metadata()?.file_type();
+    Ok(if t.is_file() {
+        None
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    })
 }
 
 /// The whole content of the regular file `path`, at most `limit` bytes.
@@ -104,6 +124,18 @@ mod tests {
             read_bounded(&f, 9),
             Err(FileError::TooLarge { .. })
         ));
+        let fifo = dir.join("fifo");
+        nix_free_mkfifo(&fifo);
+        let err = open_store_file(OpenOptions::new().read(true).write(true), &fifo)
+            .expect_err("a FIFO is refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn nix_free_mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
     }
 }

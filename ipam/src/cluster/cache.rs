@@ -57,12 +57,14 @@ pub struct CacheFile {
 impl CacheFile {
     pub fn open_locked(dir: &Path, node: &str) -> std::io::Result<CacheFile> {
         std::fs::create_dir_all(dir)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(format!("{node}.json")))?;
+        let file = reef_cni::file::open_store_file(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &dir.join(format!("{node}.json")),
+        )?;
         // SAFETY: flock on a valid fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(std::io::Error::last_os_error());
