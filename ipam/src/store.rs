@@ -475,6 +475,24 @@ fn unescape_lossy(esc: &str) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// Records and hints are a few dozen bytes: anything past this is not one of ours.
+const MAX_STORE_FILE: u64 = 4096;
+
+/// A small store file, read without blocking on a FIFO and bounded in size.
+fn read_store_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_store_file(OpenOptions::new().read(true), path)?;
+    let mut buf = Vec::new();
+    file.take(MAX_STORE_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_STORE_FILE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is larger than {MAX_STORE_FILE} bytes", path.display()),
+        ));
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,22 +535,4 @@ mod tests {
         assert!(unescaped("a%4").any(|b| b.is_none()));
         assert!(unescaped("a%+F").any(|b| b.is_none()));
     }
-}
-
-/// Records and hints are a few dozen bytes: anything past this is not one of ours.
-const MAX_STORE_FILE: u64 = 4096;
-
-/// A small store file, read without blocking on a FIFO and bounded in size.
-fn read_store_file(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let file = open_store_file(OpenOptions::new().read(true), path)?;
-    let mut buf = Vec::new();
-    file.take(MAX_STORE_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_STORE_FILE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is larger than {MAX_STORE_FILE} bytes", path.display()),
-        ));
-    }
-    Ok(buf)
 }
