@@ -77,15 +77,12 @@ async fn add_links<H: HostSide>(
     veth_created: &mut bool,
 ) -> Result<CniResult, CniError> {
     let plan = host_side.prepare_host(host, ipam).await?;
-    // Needed already for the veth's creation (see `Netlink::create_veth`).
-    let pod = pod_socket.connect().map_err(nl_err)?;
     let host_name = host_veth_name(&args.container_id, &args.ifname);
     let alias = host_veth_alias(&args.conf.name, &args.container_id, &args.ifname);
     host.create_veth_with_mac(
         &host_name,
         &args.ifname,
         pod_ns,
-        &pod,
         plan.mtu,
         plan.controller,
         Some(&alias),
@@ -118,6 +115,8 @@ async fn add_links<H: HostSide>(
         ipam,
     };
     host_side.host_veth_created(&add).await?;
+
+    let pod = pod_socket.connect().map_err(nl_err)?;
 
     let mut ips = host_side.pod_ips(ipam);
     let routes = host_side.pod_routes(ipam);
@@ -349,12 +348,11 @@ fn owned_host_veth(link: &LinkInfo, args: &CmdArgs) -> bool {
 /// - a veth whose alias is one of this network's (`is_host_veth_alias_of`) and is not the
 ///   alias of an attachment the runtime lists;
 /// - a veth with no alias, named like a host veth (`is_host_veth_name`), whose name is not
-///   that of a listed attachment. Reef's own veths reach this namespace only already
-///   aliased (`Netlink::create_veth` moves them in with the alias in one request), so an
-///   unaliased one is the leftover of an ADD that never completed (a killed or failed
-///   two-request ADD of an older Reef): no runtime holds it as a live attachment of any
-///   network, so it is stale for every network and this one may collect it. Veths with any
-///   other alias, or other names, are another network's or not Reef's and are left alone.
+///   that of a listed attachment. `Netlink::create_veth` labels a host veth right after
+///   creating it and deletes it if labelling fails, so an unaliased one is the leftover of
+///   an ADD killed between the two requests: that ADD failed, no runtime holds it as a live
+///   attachment of any network, and any network's GC may collect it. Veths with another
+///   network's alias, or other names, are left alone.
 fn gc_stale_veths(args: &CmdArgs) -> Result<Vec<String>, CniError> {
     let listed = args.conf.valid_attachments()?;
     let network = &args.conf.name;

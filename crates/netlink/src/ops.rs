@@ -322,29 +322,24 @@ impl Netlink {
             .map_err(|e| Error::nl(format!("set link {index} up"), e))
     }
 
-    /// Creates a veth pair whose host end `host` appears here already labelled with `alias`,
-    /// up and attached to `controller`; `peer` is created directly inside `peer_ns`.
-    ///
-    /// The kernel ignores IFLA_IFALIAS in RTM_NEWLINK, and a second request after creation
-    /// leaves an unlabelled host veth behind when it fails or the caller is killed in
-    /// between (GC finds veths by alias). So both ends are created inside `peer_ns`, and one
-    /// RTM_SETLINK there (through `peer_nl`, a socket in `peer_ns`) moves the host end here
-    /// while setting its alias, controller and up state: the kernel applies it as a whole,
-    /// so the host end is never here without its alias. A pair stranded in `peer_ns` dies
-    /// with it, or with DEL's removal of the pod end. `self` must be a socket in the calling
-    /// thread's namespace (the move targets it by `/proc/self/task/TID/ns/net`).
+    /// Creates a veth pair in one request: the host end `host` here (up, under `controller`),
+    /// the peer `peer` directly inside `peer_ns`. The kernel ignores IFLA_IFALIAS when it
+    /// creates a link, so `alias` takes a second request; if that fails the pair is deleted
+    /// again. A process killed between the two leaves an unaliased host veth, which GC
+    /// collects by its name (see reef-attach). Creating the pair in the peer's namespace and
+    /// moving the host end out with its alias would close that window, but a namespace move
+    /// waits for an RCU grace period: it made ADD five times slower here.
     #[allow(clippy::too_many_arguments)]
     pub async fn create_veth(
         &self,
         host: &str,
         peer: &str,
         peer_ns: &NetNs,
-        peer_nl: &Netlink,
         mtu: Option<u32>,
         controller: Option<u32>,
         alias: Option<&str>,
     ) -> Result<()> {
-        self.create_veth_with_mac(host, peer, peer_ns, peer_nl, mtu, controller, alias, None)
+        self.create_veth_with_mac(host, peer, peer_ns, mtu, controller, alias, None)
             .await
     }
 
@@ -356,22 +351,23 @@ impl Netlink {
         host: &str,
         peer: &str,
         peer_ns: &NetNs,
-        peer_nl: &Netlink,
         mtu: Option<u32>,
         controller: Option<u32>,
         alias: Option<&str>,
         host_mac: Option<&[u8]>,
     ) -> Result<()> {
-        let here = NetNs::current()?;
         let mut p = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns.fd());
         if let Some(m) = mtu {
             p = p.mtu(m);
         }
         let mut v = LinkVeth::new(host, peer)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(p.build())))
-            .setns_by_fd(peer_ns.fd());
+            .up();
         if let Some(m) = mtu {
             v = v.mtu(m);
+        }
+        if let Some(c) = controller {
+            v = v.controller(c);
         }
         if let Some(mac) = host_mac {
             v = v.address(mac.to_vec());
@@ -382,25 +378,21 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Error::nl(format!("create veth {host} (peer {peer})"), e))?;
-        let mut m = LinkUnspec::new_with_name(host).setns_by_fd(here.fd()).up();
-        if let Some(c) = controller {
-            m = m.controller(c);
-        }
         if let Some(a) = alias {
-            m = m.alias(a);
+            let labelled = self
+                .handle
+                .link()
+                .set(LinkUnspec::new_with_name(host).alias(a).build())
+                .execute()
+                .await
+                .map_err(|e| Error::nl(format!("set alias of {host}"), e));
+            if labelled.is_err() {
+                // An unlabelled pair must not outlive a failed ADD.
+                let _ = self.delete_link(host).await;
+            }
+            labelled?;
         }
-        let moved = peer_nl
-            .handle
-            .link()
-            .set(m.build())
-            .execute()
-            .await
-            .map_err(|e| Error::nl(format!("move veth {host} into the host namespace"), e));
-        if moved.is_err() {
-            // Nothing of the pair is here yet: remove it from the peer's namespace.
-            let _ = peer_nl.delete_link(peer).await;
-        }
-        moved
+        Ok(())
     }
 
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<()> {
