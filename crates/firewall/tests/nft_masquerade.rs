@@ -6,16 +6,8 @@ use reef_firewall::nftables::{table_name, Nftables};
 use reef_firewall::{Firewall, Masquerade};
 use std::net::IpAddr;
 
-fn in_private_netns<F: FnOnce() + Send>(f: F) {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-            f()
-        })
-        .join()
-        .expect("test thread panicked")
-    })
-}
+mod common;
+use common::in_private_netns;
 
 fn nft_list(table: &str) -> String {
     let out = std::process::Command::new("nft")

@@ -4,16 +4,8 @@
 
 use reef_firewall::{driver, DriverKind, NatPool};
 
-fn in_private_netns<T: Send, F: FnOnce() -> T + Send>(f: F) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-            f()
-        })
-        .join()
-        .expect("test thread panicked")
-    })
-}
+mod common;
+use common::in_private_netns;
 
 fn nft(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     use std::io::Write;

@@ -6,16 +6,8 @@ use reef_firewall::nftables::Nftables;
 use reef_firewall::portmap::{Owner, PortMapper, PortMapping, Proto, TABLE};
 use reef_firewall::Error;
 
-fn in_private_netns<F: FnOnce() + Send>(f: F) {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-            f()
-        })
-        .join()
-        .expect("test thread panicked")
-    })
-}
+mod common;
+use common::in_private_netns;
 
 fn nft_list() -> String {
     let out = std::process::Command::new("nft")
