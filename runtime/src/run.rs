@@ -320,6 +320,7 @@ impl Session<'_> {
             resolv_file: self.entry.dir.join("resolv.conf"),
             argv,
             sigmask,
+            entry_lock: self.entry.lock_fd(),
         };
         let container = spawn::spawn(&spec)?;
         let pid = container.pid.as_raw();

@@ -24,7 +24,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -51,6 +51,10 @@ pub struct Spec {
     pub argv: Vec<CString>,
     /// The signal mask to restore before exec (reef-run blocks the forwarded signals).
     pub sigmask: SigSet,
+    /// reef-run's state-entry lock. The child closes its copy first thing: a flock belongs
+    /// to the open file, so a child outliving a killed reef-run by a few milliseconds would
+    /// otherwise still show the entry as `creating`.
+    pub entry_lock: RawFd,
 }
 
 /// The container's process, as reef-run holds it.
@@ -192,6 +196,9 @@ fn clone_process(flags: CloneFlags) -> io::Result<i32> {
 
 /// The child: never returns.
 fn child_main(spec: &Spec, go: OwnedFd, report: OwnedFd) -> ! {
+    // Closing (not unlocking) our copy leaves reef-run's lock in place.
+    // SAFETY: the child owns no wrapper of this descriptor: it ends in exec or _exit.
+    unsafe { libc::close(spec.entry_lock) };
     let fail = match child_setup(spec, go) {
         Ok(()) => exec(spec),
         Err(f) => f,

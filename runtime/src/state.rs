@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -105,7 +106,7 @@ pub struct StateDir {
 pub struct Entry {
     pub dir: PathBuf,
     pub state: State,
-    _lock: Flock<File>,
+    lock: Flock<File>,
 }
 
 /// An entry found by `ps` or `rm`.
@@ -115,6 +116,13 @@ pub struct Found {
     pub state: Option<State>,
     /// `Some` if its reef-run is gone (we now hold the lock), `None` if it is alive.
     pub lock: Option<Flock<File>>,
+}
+
+impl Entry {
+    /// The descriptor holding the entry's lock (the container's child closes its copy).
+    pub fn lock_fd(&self) -> RawFd {
+        self.lock.as_raw_fd()
+    }
 }
 
 impl StateDir {
@@ -168,11 +176,7 @@ impl StateDir {
             }
             return Err(Error::io(format!("claim {}", dir.display()), e));
         }
-        Ok(Entry {
-            dir,
-            state,
-            _lock: lock,
-        })
+        Ok(Entry { dir, state, lock })
     }
 
     fn name_in_use(&self, name: &str) -> Error {
