@@ -626,6 +626,32 @@ fn gc_removes_mappings_of_attachments_not_listed_and_status_is_ok() {
         .path(&cni_path())
         .config(&gc_conf);
     expect_ok(&status.run(&w.env.host), "STATUS");
+    // Still needed by gc-b and gc-other: route_localnet stays on until GC takes the last.
+    let route_localnet = || {
+        w.env
+            .host
+            .sh_ok(&format!("sysctl -n net.ipv4.conf.{BRIDGE}.route_localnet"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(route_localnet(), "1");
+    for n in [net, "pmgc-other"] {
+        let none = json!({
+            "cniVersion": version, "name": n, "type": "reef-portmap",
+            "cni.dev/valid-attachments": [],
+        });
+        let gc = CniCall::plugin("reef-portmap")
+            .command("GC")
+            .path(&cni_path())
+            .config(&none);
+        expect_ok(&gc.run(&w.env.host), &format!("GC of every {n} attachment"));
+    }
+    assert_eq!(elements(&w), Vec::<String>::new());
+    assert_eq!(
+        route_localnet(),
+        "0",
+        "GC of the last mapping gives it back"
+    );
     // GC and STATUS need 1.1.0.
     let old = at_version(&gc_conf, "1.0.0");
     let gc_old = CniCall::plugin("reef-portmap")
@@ -697,7 +723,8 @@ fn bad_input_is_a_clean_cni_error() {
 }
 
 /// route_localnet (needed for 127.0.0.1 mappings) does not let pods reach the host's
-/// loopback-only services: the table drops such packets unless they are DNATed.
+/// loopback-only services, even after a firewall reload: the loopback guard at the bridge's
+/// tc ingress drops such packets without any netfilter rule.
 #[test]
 fn pods_cannot_reach_host_loopback_services() {
     let mut w = World::new(1);
@@ -757,10 +784,18 @@ fn pods_cannot_reach_host_loopback_services() {
         None,
         "pod reached the host's 127.0.0.1:9999"
     );
-    // Proof that the guard is what stopped it: without the input chain's rules, it works.
+    // A firewall reload takes every nftables rule away; the pod is still kept out.
+    w.env.host.sh_ok("nft flush ruleset");
+    assert_eq!(
+        w.ask(pod, "tcp", "127.0.0.1", 9999, None),
+        None,
+        "pod reached the host's 127.0.0.1:9999 after nft flush ruleset"
+    );
+    // Proof that the guard is what stopped it: without it (and with route_localnet still
+    // on, as the reload left it), it works.
     w.env
         .host
-        .sh_ok(&format!("nft flush chain inet {TABLE} input"));
+        .sh_ok(&format!("tc filter del dev {BRIDGE} ingress pref 1"));
     w.ask_until(
         pod,
         "tcp",
@@ -768,10 +803,6 @@ fn pods_cannot_reach_host_loopback_services() {
         9999,
         None,
         &format!("hostlo {}", result_ip(&prev, false)),
-    );
-    expect_ok(
-        &portmap_call("DEL", pod, "lo", &conf).run(&w.env.host),
-        "DEL",
     );
 }
 

@@ -48,6 +48,8 @@ pub trait FirewallDriver {
     ) -> Result<Vec<PortMapping>>;
     /// Whether port mappings can be installed here.
     fn port_mapping_status(&mut self) -> Result<()>;
+    /// Every installed mapping, whoever owns it (none when the table is absent).
+    fn port_mappings(&mut self) -> Result<Vec<PortMapping>>;
 
     /// natOutgoing (reef-agent): makes the node's rules exactly what `pools` ask for, in
     /// one atomic step: pod traffic from a pool with `nat_outgoing` to anywhere outside

@@ -1,4 +1,4 @@
-//! Kernel adapter for links, addresses, routes and sysctls, over rtnetlink.
+//! Kernel adapter for links, addresses, routes, tc filters and sysctls, over rtnetlink.
 //!
 //! A netlink socket acts in the network namespace it was opened in, so entering a namespace
 //! means: a short-lived std thread does `setns(CLONE_NEWNET)`, opens the socket (and does any
@@ -6,17 +6,20 @@
 //! hands the fd back to be driven by the caller's tokio runtime. No tokio worker ever changes
 //! namespace.
 
+pub mod bpf;
 pub mod detached;
 pub mod linger;
 pub mod netns;
 pub mod ops;
 pub mod sysctl;
+pub mod tc;
 
 pub use netns::NetNs;
 pub use ops::{
     format_mac, parse_mac, AddrInfo, LinkInfo, NeighbourInfo, Netlink, PendingNetlink, RouteInfo,
     RouteKind, RouteSpec,
 };
+pub use tc::LoopbackGuard;
 
 use std::io;
 

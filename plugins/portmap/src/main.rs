@@ -4,6 +4,7 @@
 //! elements, changed by one netlink batch per ADD or DEL.
 
 mod config;
+mod localnet;
 mod plugin;
 
 fn main() {

@@ -1,9 +1,9 @@
 //! The verbs.
 
 use crate::config::{self, Spec};
-use reef_cni::{codes, skel::validate_ifname, CmdArgs, CniError, CniResult, Plugin};
+use crate::localnet;
+use reef_cni::{codes, CmdArgs, CniError, CniResult, Plugin};
 use reef_firewall::portmap::{Owner, PortMapping, TABLE};
-use reef_netlink::sysctl;
 
 /// Reef: the host port is already mapped by another attachment.
 pub const PORT_CONFLICT: u32 = reef_cni::codes::PORT_CONFLICT;
@@ -34,27 +34,14 @@ fn prev_result(args: &CmdArgs) -> Result<&CniResult, CniError> {
     })
 }
 
-/// 127.0.0.1:hostPort from the host is DNATed to the pod and leaves by the host-side
-/// interfaces toward it (the bridge, or the host veth of a routed pod), which the kernel
-/// allows for a loopback source only with route_localnet. The table's input chain keeps
-/// that from exposing the host's loopback services to the pods.
-fn enable_route_localnet(prev: &CniResult) -> Result<(), CniError> {
-    for i in prev.interfaces.iter().filter(|i| i.sandbox.is_none()) {
-        if validate_ifname(&i.name).is_err() {
-            continue;
-        }
-        let dir = format!("net/ipv4/conf/{}", i.name);
-        if !std::path::Path::new("/proc/sys").join(&dir).exists() {
-            continue; // not in this namespace (or not a host interface at all)
-        }
-        sysctl::set(&format!("{dir}/route_localnet"), "1").map_err(|e| {
-            CniError::new(
-                codes::NETLINK,
-                format!("enable route_localnet on {}", i.name),
-            )
-            .with_details(e.to_string())
-        })?;
+/// After mappings went away (or never came, after a flush): route_localnet back where no
+/// remaining mapping needs it. Free when no interface has it on.
+fn give_back_route_localnet(fw: &mut dyn reef_firewall::FirewallDriver) -> Result<(), CniError> {
+    if localnet::enabled_interfaces().is_empty() {
+        return Ok(());
     }
+    let _lock = localnet::Lock::take()?;
+    localnet::release(fw, &localnet::enabled_interfaces())?;
     Ok(())
 }
 
@@ -74,11 +61,25 @@ impl Plugin for PortMap {
         if maps.is_empty() {
             return Ok(prev.clone());
         }
-        if maps.iter().any(|m| m.pod_ip.is_ipv4()) {
-            enable_route_localnet(prev)?;
-        }
         let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
-        fw.add_port_mappings(&owner(args), &maps).map_err(fw_err)?;
+        // IPv4 mappings include 127.0.0.1 (no hostIP means every host address).
+        let localnet_lock = if maps.iter().any(|m| m.pod_ip.is_ipv4()) {
+            let lock = localnet::Lock::take()?;
+            if let Err(e) = localnet::enable(prev) {
+                let _ = localnet::release(&mut *fw, &localnet::enabled_interfaces());
+                return Err(e.into());
+            }
+            Some(lock)
+        } else {
+            None
+        };
+        if let Err(e) = fw.add_port_mappings(&owner(args), &maps) {
+            if localnet_lock.is_some() {
+                let _ = localnet::release(&mut *fw, &localnet::enabled_interfaces());
+            }
+            return Err(fw_err(e));
+        }
+        drop(localnet_lock);
         fw.close_flushing_conntrack(&[], &maps);
         Ok(prev.clone())
     }
@@ -98,6 +99,7 @@ impl Plugin for PortMap {
         let removed = fw
             .del_port_mappings(&owner(args), known.as_deref())
             .map_err(fw_err)?;
+        give_back_route_localnet(&mut *fw)?;
         // Even a socket that changed nothing waits for the RCU grace period of the last
         // commit (anyone's) when it closes: always leave that to the detached child.
         fw.close_flushing_conntrack(&removed, &[]);
@@ -127,6 +129,7 @@ impl Plugin for PortMap {
         for m in &removed {
             eprintln!("reef-portmap: GC removed {m}");
         }
+        give_back_route_localnet(&mut *fw)?;
         fw.close_in_background();
         Ok(())
     }

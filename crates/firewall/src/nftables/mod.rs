@@ -163,6 +163,10 @@ impl FirewallDriver for Nftables {
         Ops::port_mapping_status(self.socket()?)
     }
 
+    fn port_mappings(&mut self) -> Result<Vec<PortMapping>> {
+        Ops::port_mappings(self.socket()?)
+    }
+
     fn sync_nat_outgoing(&mut self, pools: &[NatPool]) -> Result<()> {
         nat::sync(self.socket()?, pools)
     }

@@ -21,6 +21,9 @@
 //!                       127.0.0.0/8 leaving by a real interface }
 //!   chain input       { filter input: drop packets to 127.0.0.0/8 from other interfaces
 //!                       unless they belong to a DNATed flow (route_localnet guard) }
+//!   chain localnet    { filter prerouting mangle: replies of DNATed flows from 127.0.0.0/8
+//!                       get mark 0x1000, which the loopback guard at a bridge's tc ingress
+//!                       lets through (br_netfilter has de-NATed them by then) }
 //! }
 //! ```
 //!
@@ -46,6 +49,10 @@ pub const TABLE: &str = "reef-portmap";
 
 /// The packet mark bit that asks for masquerade (the reference portmap's default, bit 13).
 pub const MASQ_MARK: u32 = 0x2000;
+
+/// The packet mark bit on replies of the host's own DNATed 127.0.0.1 flows, which the
+/// loopback guard on a bridge (`reef_netlink::tc`) lets through (bit 12).
+pub const LOCALNET_REPLY_MARK: u32 = 0x1000;
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -456,6 +463,19 @@ impl Ops {
             .collect();
         Self::flush_udp(nl, &removed)?;
         Ok(removed)
+    }
+
+    pub(crate) fn port_mappings(nl: &mut NfNetlink) -> Result<Vec<PortMapping>> {
+        let mut out = Vec::new();
+        for m in Map::ALL {
+            let elems = match nl.dump_elements(NFPROTO_INET, TABLE, m.name()) {
+                Ok(e) => e,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(io("list port mappings")(e)),
+            };
+            out.extend(elems.iter().filter_map(|e| PortMapping::decode(m, e)));
+        }
+        Ok(out)
     }
 
     pub(crate) fn port_mapping_status(nl: &mut NfNetlink) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The port-mapping table as one `nft -f` transaction (created once per host; see
 //! `portmap` for its layout).
 
-use super::{MASQ_MARK, TABLE};
+use super::{LOCALNET_REPLY_MARK, MASQ_MARK, TABLE};
 
 /// The nft script that creates the table in one transaction. Every statement is idempotent
 /// (`add` of an existing object is a no-op, chains are flushed before their rules are
@@ -56,6 +56,10 @@ pub fn table_script() -> String {
         (
             "input",
             "{ type filter hook input priority filter; policy accept; }",
+        ),
+        (
+            "localnet",
+            "{ type filter hook prerouting priority mangle; policy accept; }",
         ),
     ];
     for (name, spec) in chains {
@@ -114,6 +118,12 @@ pub fn table_script() -> String {
             "input",
             "iif != lo ip daddr 127.0.0.0/8 ct status ! dnat drop".into(),
         ),
+        // The replies of the host's own 127.0.0.1:hostPort flows, for the loopback guard on
+        // a bridge: with br_netfilter they reach the bridge already de-NATed to 127.0.0.1.
+        (
+            "localnet",
+            format!("ct direction reply ct status dnat ct original ip saddr 127.0.0.0/8 meta mark set meta mark | 0x{LOCALNET_REPLY_MARK:08x}"),
+        ),
     ];
     for (chain, rule) in rules {
         s += &format!("add rule {t} {chain} {rule}\n");
@@ -136,6 +146,7 @@ mod tests {
             "forward",
             "postrouting",
             "input",
+            "localnet",
         ] {
             let flush = s
                 .find(&format!("flush chain inet reef-portmap {chain}\n"))
