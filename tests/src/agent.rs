@@ -189,6 +189,18 @@ pub fn reefctl(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("reefctl {args:?}: {e}"))
 }
 
+/// The `reefctl --etcd EP [TLS flags] ARGS` command inside `host`, not started.
+pub fn reefctl_command(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> Command {
+    reefctl_cmd(host, etcd, args)
+}
+
+/// [`reefctl`] with `input` on its stdin (for `apply -f -`).
+pub fn reefctl_with_stdin(host: &SimHost, etcd: &EtcdHost, args: &[&str], input: &str) -> Output {
+    let mut cmd = reefctl_cmd(host, etcd, args);
+    output_with_timeout(&mut cmd, Some(input.as_bytes()), CALL_TIMEOUT)
+        .unwrap_or_else(|e| panic!("reefctl {args:?}: {e}"))
+}
+
 /// [`reefctl`] that must succeed; returns stdout.
 pub fn reefctl_ok(host: &SimHost, etcd: &EtcdHost, args: &[&str]) -> String {
     assert_success(&reefctl(host, etcd, args), &format!("reefctl {args:?}"))

@@ -208,6 +208,16 @@ impl Env {
         reefctl(self.host(i), self.cluster.etcd(), args)
     }
 
+    /// The `reefctl ARGS` command for host `i`, to spawn (concurrency tests).
+    pub fn reefctl_command(&self, i: usize, args: &[&str]) -> std::process::Command {
+        crate::agent::reefctl_command(self.host(i), self.cluster.etcd(), args)
+    }
+
+    /// `reefctl ARGS` with `input` on stdin.
+    pub fn reefctl_stdin(&self, i: usize, args: &[&str], input: &str) -> Output {
+        crate::agent::reefctl_with_stdin(self.host(i), self.cluster.etcd(), args, input)
+    }
+
     /// `reefctl ARGS` that must succeed.
     pub fn reefctl_ok(&self, i: usize, args: &[&str]) -> String {
         reefctl_ok(self.host(i), self.cluster.etcd(), args)

@@ -115,6 +115,40 @@ impl fmt::Display for PortMapping {
     }
 }
 
+/// One load-balanced port of a service, as a node's data plane programs it: traffic to
+/// `vip:port/proto` (and, with `node_port`, to any local address on that port) goes to one
+/// of `endpoints`, chosen at random per connection (or per client with affinity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLb {
+    pub vip: IpAddr,
+    pub proto: Proto,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// Live endpoints (no endpoint: connections are rejected at once).
+    pub endpoints: Vec<LbEndpoint>,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    /// externalTrafficPolicy Local: node-port traffic goes to this node's endpoints only,
+    /// keeping the client's address, and is rejected where there are none.
+    pub node_port_local: bool,
+}
+
+/// An endpoint of a [`ServiceLb`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LbEndpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// On the node being programmed.
+    pub local: bool,
+}
+
+impl ServiceLb {
+    /// The identity of a service port in the data plane.
+    pub fn key(&self) -> (IpAddr, Proto, u16) {
+        (self.vip, self.proto, self.port)
+    }
+}
+
 /// The attachment a mapping belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {

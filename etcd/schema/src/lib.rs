@@ -12,14 +12,20 @@
 //!                                     labels, host interface), written with the handle
 //! /reef/agents/<node>                 AgentStatus, attached to the agent's lease: present
 //!                                     while the node's reef-agent is alive
+//! /reef/services/<ns>/<name>          Service, with its claims under /reef/service-ips/ and
+//!                                     /reef/node-ports/ (see `services`)
 //! ```
 //! Every change is one etcd transaction guarded by mod-revision compares, so concurrent
 //! allocators on any number of hosts never hand out one address twice, and a crash can only
 //! leave whole records (an allocation and its handle are written together).
 
 mod codec;
+pub mod services;
 
 pub use codec::{decode, encode, DecodeError};
+pub use services::{
+    Endpoint, PortRange, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
+};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -90,6 +96,23 @@ pub struct ClusterConfig {
     /// written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_id: Option<String>,
+    /// Where service VIPs come from (`None`: `services::DEFAULT_SERVICE_CIDR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<IpNetwork>,
+    /// Node ports (`None`: `services::DEFAULT_NODE_PORTS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port_range: Option<PortRange>,
+}
+
+impl ClusterConfig {
+    pub fn service_cidr(&self) -> IpNetwork {
+        self.service_cidr
+            .unwrap_or(IpNetwork::V4(services::DEFAULT_SERVICE_CIDR))
+    }
+
+    pub fn node_port_range(&self) -> PortRange {
+        self.node_port_range.unwrap_or(services::DEFAULT_NODE_PORTS)
+    }
 }
 
 fn default_vni() -> u32 {

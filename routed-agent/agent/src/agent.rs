@@ -137,7 +137,7 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
             kv.value(),
         )
     }));
-    reconcile(st, &mut etcd, &view, true).await?;
+    reconcile(st, &mut etcd, &mut view, true).await?;
     if !st.ready {
         // Ready means: routes reconciled and liveness visible to the cluster.
         let mut alive = st.alive.clone();
@@ -156,15 +156,17 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
                 for ev in &events? {
                     match view.apply(&ev.key, ev.value.as_deref()) {
                         Touched::Config | Touched::Routing => routing = true,
-                        Touched::Agents | Touched::Nothing => {}
+                        Touched::Services => routing = true,
+                        Touched::Agents => routing |= !view.changed.agents.is_empty() && !view.services.is_empty(),
+                        Touched::Nothing => {}
                     }
                 }
                 if routing {
-                    reconcile(st, &mut etcd, &view, false).await?;
+                    reconcile(st, &mut etcd, &mut view, false).await?;
                 }
             }
-            _ = resync.tick() => reconcile(st, &mut etcd, &view, true).await?,
-            _ = retry.tick(), if st.retry => reconcile(st, &mut etcd, &view, false).await?,
+            _ = resync.tick() => reconcile(st, &mut etcd, &mut view, true).await?,
+            _ = retry.tick(), if st.retry => reconcile(st, &mut etcd, &mut view, false).await?,
         }
     }
 }

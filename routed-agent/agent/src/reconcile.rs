@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 pub(crate) async fn reconcile(
     st: &mut State,
     etcd: &mut Etcd,
-    view: &ClusterView,
+    view: &mut ClusterView,
     full: bool,
 ) -> Result<(), SessionError> {
     let mut outcome = Outcome::default();
     for m in &mut st.managers {
         let o = m
-            .sync(view, full)
+            .sync(&*view, full)
             .await
             .map_err(|source| SessionError::Manager {
                 manager: m.name(),
@@ -30,6 +30,8 @@ pub(crate) async fn reconcile(
     record_vtep(st, etcd, outcome.vtep.clone()).await?;
     st.retry = outcome.problems.values().any(|p| p.retry());
     publish(st, view, outcome);
+    // Every manager has seen these changes.
+    view.changed = Default::default();
     Ok(())
 }
 

@@ -1,9 +1,12 @@
-//! The agent's in-memory copy of the cluster state it routes from: config, nodes, blocks,
-//! borrowed addresses and live agents, built from one list and kept current by watch events.
+//! The agent's in-memory copy of the cluster state it programs from: config, nodes, blocks,
+//! borrowed addresses, live agents, services and workloads (their endpoints), built from one
+//! list and kept current by watch events.
 
+use crate::desired::services::{Changed, EndpointIndex};
+use reef_schema::services::SERVICES;
 use reef_schema::{
-    AgentStatus, Block, BorrowedRecord, ClusterConfig, NodeRecord, AGENTS, BLOCKS, BORROWED,
-    CONFIG_KEY, NODES,
+    AgentStatus, Block, BorrowedRecord, ClusterConfig, NodeRecord, Service, WorkloadRecord, AGENTS,
+    BLOCKS, BORROWED, CONFIG_KEY, NODES, WORKLOADS,
 };
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,6 +20,14 @@ pub struct ClusterView {
     pub borrowed: BTreeMap<IpAddr, BorrowedRecord>,
     /// Live agents (their lease-bound status keys).
     pub agents: BTreeMap<String, AgentStatus>,
+    /// Service key (`<namespace>/<name>`) -> service.
+    pub services: BTreeMap<String, Service>,
+    /// Workload key (`<node>/<cid>/<ifname>`) -> workload: the candidates for endpoints.
+    pub workloads: BTreeMap<String, WorkloadRecord>,
+    /// Workloads by label and node, services by selector term (kept with the two above).
+    pub index: EndpointIndex,
+    /// What changed for services since the loop last cleared it (after each reconcile).
+    pub changed: Changed,
 }
 
 /// What a change touched, so the caller recomputes only what depends on it.
@@ -25,6 +36,8 @@ pub enum Touched {
     Config,
     Routing,
     Agents,
+    /// Services or workloads (endpoints).
+    Services,
     Nothing,
 }
 
@@ -85,12 +98,39 @@ impl ClusterView {
             set(&mut self.borrowed, ip, value.and_then(|v| decode(key, v)));
             return Touched::Routing;
         }
+        if let Some(id) = key.strip_prefix(SERVICES) {
+            let new: Option<Service> = value.and_then(|v| decode(key, v));
+            let old = self.services.get(id);
+            if old == new.as_ref() {
+                return Touched::Nothing;
+            }
+            self.index.service_changed(id, old, new.as_ref());
+            self.changed.services.insert(id.to_string());
+            set(&mut self.services, id.to_string(), new);
+            return Touched::Services;
+        }
+        if let Some(id) = key.strip_prefix(WORKLOADS) {
+            let new: Option<WorkloadRecord> = value.and_then(|v| decode(key, v));
+            let old = self.workloads.get(id);
+            if old == new.as_ref() {
+                return Touched::Nothing;
+            }
+            // The services that selected it before and those that select it now.
+            for w in old.into_iter().chain(new.as_ref()) {
+                let ids = self.index.services_selecting(w);
+                self.changed.selecting.extend(ids);
+            }
+            self.index.workload_changed(id, old, new.as_ref());
+            set(&mut self.workloads, id.to_string(), new);
+            return Touched::Services;
+        }
         if let Some(name) = key.strip_prefix(AGENTS) {
-            set(
-                &mut self.agents,
-                name.to_string(),
-                value.and_then(|v| decode(key, v)),
-            );
+            let new: Option<AgentStatus> = value.and_then(|v| decode(key, v));
+            // A heartbeat rewrites the status: only coming and going matter to services.
+            if self.agents.contains_key(name) != new.is_some() {
+                self.changed.agents.insert(name.to_string());
+            }
+            set(&mut self.agents, name.to_string(), new);
             return Touched::Agents;
         }
         Touched::Nothing

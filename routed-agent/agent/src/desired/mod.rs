@@ -8,6 +8,7 @@
 //! instead of following the default route back out. Our own pods' /32s are the CNI plugin's.
 
 pub mod nat;
+pub mod services;
 pub mod trust;
 pub mod vxlan;
 
