@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! /reef/services/<namespace>/<name>   Service (the spec with its allocations filled in)
-//! /reef/service-ips/<ip>              "<namespace>/<name>": the VIP's claim
-//! /reef/node-ports/<port>             "<namespace>/<name>": the node port's claim (one
-//!                                     service holds a port number for TCP and UDP alike)
+//! /reef/service-ips/<ip>              Claim {"service": "<namespace>/<name>"}: the VIP's
+//! /reef/node-ports/<port>             Claim: the node port's (one service holds a port
+//!                                     number for TCP and UDP alike)
 //! ```
 //! A service and its claims are written in one etcd transaction, so two concurrent applies
 //! never get the same VIP or node port.
@@ -217,6 +217,13 @@ pub fn endpoints<'a>(
     out.sort();
     out.dedup_by(|a, b| a.ip == b.ip);
     out
+}
+
+/// Who holds a VIP or a node port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// `<namespace>/<name>`.
+    pub service: String,
 }
 
 pub fn service_id(namespace: &str, name: &str) -> String {

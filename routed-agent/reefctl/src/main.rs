@@ -1,13 +1,15 @@
 //! reefctl: the operator CLI for a Reef cluster (state in etcd).
 
 mod admin;
+mod service_show;
+mod services;
 mod show;
 
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 use reef_etcd::cli::EtcdArgs;
 use reef_etcd::{Etcd, EtcdConfig};
-use reef_schema::{ClusterConfig, Mode, Pool};
+use reef_schema::{ClusterConfig, Mode, Pool, PortRange};
 use serde_json::{json, Value};
 use show::{gc_report, ipam_show, node_table, num};
 use std::process::ExitCode;
@@ -68,9 +70,35 @@ enum Cmd {
         /// Do not masquerade pod traffic leaving the pools.
         #[arg(long)]
         no_nat_outgoing: bool,
+        /// Where service virtual IPs are allocated from.
+        #[arg(long, default_value = "10.96.0.0/16", value_name = "CIDR")]
+        service_cidr: IpNetwork,
+        /// Ports NodePort services are allocated from (inclusive).
+        #[arg(long, default_value = "30000-32767", value_name = "A-B", value_parser = parse_port_range)]
+        node_port_range: PortRange,
         /// Re-initialise even if it drops pools in use or switches mode.
         #[arg(long)]
         force: bool,
+    },
+    /// Create or update the objects of Kubernetes manifests (YAML or JSON; several documents
+    /// separated by `---`, or a `kind: List`): v1 Service. Every document is checked before
+    /// anything is written.
+    Apply {
+        /// The manifest file, or `-` for stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: String,
+    },
+    /// Delete the objects a manifest names (kind, namespace, name).
+    Delete {
+        /// The manifest file, or `-` for stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: String,
+    },
+    /// Services: virtual IPs and node ports for the pods a selector picks.
+    #[command(alias = "svc")]
+    Service {
+        #[command(subcommand)]
+        command: ServiceCmd,
     },
     /// Address management.
     Ipam {
@@ -111,6 +139,37 @@ enum NodeCmd {
     Ls,
     /// Remove a node: release its addresses, delete its blocks and its record.
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// List services: type, VIP, ports (port:nodePort/protocol), endpoints.
+    Ls {
+        /// Namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// One service: VIP, ports, node ports, and its endpoints (pod, address, node, whether
+    /// that node's agent is alive).
+    Show {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a service (and free its VIP and node ports).
+    Rm {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    PortRange::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a port range A-B (1 <= A <= B <= 65535)"))
 }
 
 #[derive(Subcommand)]
@@ -169,13 +228,21 @@ enum CtlError {
     /// Flags that do not make a cluster config.
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Service(#[from] services::ServiceError),
+    #[error("{0}: {1}")]
+    Manifest(String, #[source] Box<reef_manifest::ManifestError>),
+    #[error("cannot read {0}: {1}")]
+    Read(String, #[source] std::io::Error),
 }
 
 impl CtlError {
     /// The etcd error underneath, wherever it surfaced.
     fn etcd(&self) -> Option<&reef_etcd::Error> {
         match self {
-            CtlError::Etcd(e) | CtlError::Admin(admin::AdminError::Etcd(e)) => Some(e),
+            CtlError::Etcd(e)
+            | CtlError::Admin(admin::AdminError::Etcd(e))
+            | CtlError::Service(services::ServiceError::Etcd(e)) => Some(e),
             CtlError::Admin(admin::AdminError::Ipam(reef_ipam::cluster::ClusterError::Etcd(e))) => {
                 Some(e)
             }
@@ -186,7 +253,56 @@ impl CtlError {
 
 type Res = Result<(String, Value), CtlError>;
 
+/// The manifest's text: the file, or stdin for `-`.
+fn read_manifest(file: &str) -> Result<String, CtlError> {
+    use std::io::Read;
+    if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CtlError::Read("stdin".into(), e))?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file).map_err(|e| CtlError::Read(file.into(), e))
+    }
+}
+
+/// What `apply -f` / `delete -f` will do, decided before etcd is contacted: a manifest that
+/// does not parse or uses an unsupported field changes nothing.
+enum Manifest {
+    Apply(Vec<reef_schema::Service>),
+    Delete(Vec<(String, String)>),
+}
+
+fn parse_manifest(cmd: &Cmd) -> Result<Option<Manifest>, CtlError> {
+    match cmd {
+        Cmd::Apply { file } => {
+            let text = read_manifest(file)?;
+            let objects = reef_manifest::parse_objects(&text)
+                .map_err(|e| CtlError::Manifest(file.clone(), Box::new(e)))?;
+            Ok(Some(Manifest::Apply(
+                objects
+                    .into_iter()
+                    .map(|o| match o {
+                        reef_manifest::Object::Service(s) => s,
+                    })
+                    .collect(),
+            )))
+        }
+        Cmd::Delete { file } => {
+            let text = read_manifest(file)?;
+            let refs = reef_manifest::parse_refs(&text)
+                .map_err(|e| CtlError::Manifest(file.clone(), Box::new(e)))?;
+            Ok(Some(Manifest::Delete(
+                refs.into_iter().map(|r| (r.namespace, r.name)).collect(),
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
 async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
+    let manifest = parse_manifest(&cli.command)?;
     let mut etcd = match Etcd::connect(cfg).await {
         Ok(etcd) => etcd,
         Err(e) if matches!(cli.command, Cmd::Status) => {
@@ -203,6 +319,8 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             mode,
             vni,
             no_nat_outgoing,
+            service_cidr,
+            node_port_range,
             force,
         } => {
             let mut pools = Vec::new();
@@ -238,6 +356,8 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                 mode,
                 vni: *vni,
                 cluster_id: None,
+                service_cidr: Some(*service_cidr),
+                node_port_range: Some(*node_port_range),
             };
             let config = admin::init(&mut etcd, &config, *force).await?;
             let text = format!(
@@ -251,6 +371,52 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
                     .join(", ")
             );
             Ok((text, serde_json::to_value(&config).unwrap_or_default()))
+        }
+        Cmd::Apply { .. } | Cmd::Delete { .. } => match manifest {
+            Some(Manifest::Apply(svcs)) => {
+                let done = services::apply(&mut etcd, &svcs).await?;
+                Ok(service_show::applied(&done))
+            }
+            Some(Manifest::Delete(ids)) => {
+                let done = services::delete(&mut etcd, &ids).await?;
+                Ok(service_show::deleted(&done))
+            }
+            None => Err(CtlError::Usage("no manifest".into())),
+        },
+        Cmd::Service {
+            command:
+                ServiceCmd::Ls {
+                    namespace,
+                    all_namespaces,
+                },
+        } => {
+            let ns = (!*all_namespaces).then_some(namespace.as_str());
+            let view = services::ServiceView::load(&mut etcd, ns).await?;
+            for e in &view.unreadable {
+                eprintln!("reefctl: skipped {e}");
+            }
+            Ok(service_show::list(&view, *all_namespaces))
+        }
+        Cmd::Service {
+            command: ServiceCmd::Show { name, namespace },
+        } => {
+            let view = services::ServiceView::load(&mut etcd, Some(namespace)).await?;
+            let svc = view
+                .services
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| {
+                    services::ServiceError::NotFound(reef_schema::services::service_id(
+                        namespace, name,
+                    ))
+                })?;
+            Ok(service_show::show(&view, svc))
+        }
+        Cmd::Service {
+            command: ServiceCmd::Rm { name, namespace },
+        } => {
+            let done = services::delete(&mut etcd, &[(namespace.clone(), name.clone())]).await?;
+            Ok(service_show::deleted(&done))
         }
         Cmd::Ipam {
             command: IpamCmd::Show,
