@@ -198,6 +198,8 @@ pub enum Flow {
         host_ip: Option<IpAddr>,
         v6: bool,
     },
+    /// Traffic DNATed to a service endpoint `ip:port` that left the service.
+    ToEndpoint { proto: u8, ip: IpAddr, port: u16 },
 }
 
 impl Flow {
@@ -205,6 +207,7 @@ impl Flow {
         match self {
             Flow::Dnat { pod_ip, .. } => pod_ip.is_ipv6(),
             Flow::Untranslated { v6, .. } => *v6,
+            Flow::ToEndpoint { ip, .. } => ip.is_ipv6(),
         }
     }
 
@@ -234,6 +237,12 @@ impl Flow {
                     && e.reply.dst == e.orig.src
                     && e.reply.sport == e.orig.dport
                     && e.reply.dport == e.orig.sport
+            }
+            Flow::ToEndpoint { proto, ip, port } => {
+                e.orig.proto == proto
+                    && e.reply.src == ip
+                    && e.reply.sport == port
+                    && (e.orig.dst != ip || e.orig.dport != port)
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The one driver trait and the factory that picks its implementation.
 
+use crate::nftables::services::{ServiceKey, ServicesApplied};
 use crate::nftables::Nftables;
-use crate::rules::{Masquerade, NatPool, Owner, PortMapping};
+use crate::rules::{Masquerade, NatPool, Owner, PortMapping, ServiceLb};
 use crate::{Error, Result};
 use std::net::IpAddr;
 
@@ -57,6 +58,19 @@ pub trait FirewallDriver {
     fn sync_nat_outgoing(&mut self, pools: &[NatPool]) -> Result<()>;
     /// Removes the natOutgoing rules (idempotent).
     fn remove_nat_outgoing(&mut self) -> Result<()>;
+
+    /// Services (reef-agent): makes the node's load balancing exactly `all`, reading the
+    /// kernel first; changes nothing when it already matches. The driver keeps the picture
+    /// for [`FirewallDriver::update_services`].
+    fn sync_services(&mut self, all: &[ServiceLb]) -> Result<ServicesApplied>;
+    /// Applies changed service ports only (`None`: gone), one transaction. UDP conntrack
+    /// entries and affinity entries of endpoints that left are deleted afterwards.
+    fn update_services(
+        &mut self,
+        changed: &[(ServiceKey, Option<ServiceLb>)],
+    ) -> Result<ServicesApplied>;
+    /// Removes the services table (idempotent).
+    fn remove_services(&mut self) -> Result<()>;
 
     /// Closes the kernel connection without making the caller wait for it.
     fn close_in_background(self: Box<Self>);

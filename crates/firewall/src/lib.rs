@@ -20,6 +20,7 @@ pub mod rules;
 /// The driver trait under its earlier name (the masquerade half of it).
 pub use driver::FirewallDriver as Firewall;
 pub use driver::{default_driver, driver, driver_from_env, DriverKind, FirewallDriver, DRIVER_ENV};
+pub use nftables::services::{ServiceKey, ServicesApplied};
 pub use rules::{LbEndpoint, Masquerade, NatPool, Owner, PortMapping, Proto, ServiceLb};
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ mod masquerade;
 pub(crate) mod nat;
 mod objects;
 pub mod portmap;
+pub mod services;
 
 pub use masquerade::{table_name, table_script};
 pub use objects::NFPROTO_INET;
@@ -17,9 +18,10 @@ pub use objects::NFPROTO_INET;
 use crate::conntrack;
 use crate::driver::FirewallDriver;
 use crate::nfnetlink::NfNetlink;
-use crate::rules::{Masquerade, NatPool, Owner, PortMapping};
+use crate::rules::{Masquerade, NatPool, Owner, PortMapping, ServiceLb};
 use crate::{Error, Result};
 use portmap::Ops;
+use services::{ServiceKey, ServicesApplied};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -29,6 +31,8 @@ use std::time::Duration;
 #[derive(Default)]
 pub struct Nftables {
     nl: Option<NfNetlink>,
+    /// The services table's picture (the agent's driver lives as long as the agent).
+    services: services::ServicesState,
 }
 
 pub(crate) fn io(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -173,6 +177,27 @@ impl FirewallDriver for Nftables {
 
     fn remove_nat_outgoing(&mut self) -> Result<()> {
         nat::remove(self.socket()?)
+    }
+
+    fn sync_services(&mut self, all: &[ServiceLb]) -> Result<ServicesApplied> {
+        let mut st = std::mem::take(&mut self.services);
+        let res = st.sync(self.socket()?, all);
+        self.services = st;
+        res
+    }
+
+    fn update_services(
+        &mut self,
+        changed: &[(ServiceKey, Option<ServiceLb>)],
+    ) -> Result<ServicesApplied> {
+        let mut st = std::mem::take(&mut self.services);
+        let res = st.update(self.socket()?, changed);
+        self.services = st;
+        res
+    }
+
+    fn remove_services(&mut self) -> Result<()> {
+        self.services.remove()
     }
 
     fn close_in_background(self: Box<Self>) {

@@ -7,7 +7,7 @@ use crate::nfnetlink::{NfNetlink, Request};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, RuleAttribute, RuleMessage, SetElementAttribute,
-    SetElementList, SetElementMessage, TableAttribute, TableMessage,
+    SetElementList, SetElementMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
 use std::io;
@@ -24,6 +24,8 @@ pub struct Elem {
     pub data: Option<Vec<u8>>,
     /// Userdata: nft keeps the element's comment here.
     pub udata: Option<Vec<u8>>,
+    /// Verdict maps: the chain this element jumps to.
+    pub jump: Option<String>,
 }
 
 /// Elements per NEWSETELEM/DELSETELEM message: well under the 64 KiB a netlink attribute
@@ -65,6 +67,12 @@ fn elem_list(table: &str, set: &str, elems: &[Elem], with_values: bool) -> SetEl
                 if let Some(d) = &e.data {
                     a.push(SetElementAttribute::Data(DataAttribute::Value(d.clone())));
                 }
+                if let Some(chain) = &e.jump {
+                    a.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                        VerdictAttribute::Code(Verdict::Jump),
+                        VerdictAttribute::Chain(chain.clone()),
+                    ])));
+                }
                 if let Some(u) = &e.udata {
                     a.push(SetElementAttribute::UserData(u.clone()));
                 }
@@ -104,6 +112,12 @@ fn parse_elements(msg: NetfilterMessage) -> Vec<Elem> {
                         has_key = true;
                     }
                     SetElementAttribute::Data(DataAttribute::Value(d)) => e.data = Some(d),
+                    SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
+                        e.jump = v.into_iter().find_map(|a| match a {
+                            VerdictAttribute::Chain(c) => Some(c),
+                            _ => None,
+                        })
+                    }
                     SetElementAttribute::UserData(u) => e.udata = Some(u),
                     _ => {}
                 }
@@ -114,6 +128,46 @@ fn parse_elements(msg: NetfilterMessage) -> Vec<Elem> {
         }
     }
     out
+}
+
+/// The messages of an element change, to send alone ([`NfNetlink::change_elements`]) or
+/// inside a larger transaction.
+pub(crate) fn elem_requests(family: u8, table: &str, changes: &[ElemChange]) -> Vec<Request> {
+    // The element list is one netlink attribute, whose length is 16 bits: a long list
+    // goes as several messages of one transaction (still all or nothing).
+    let mut msgs: Vec<Request> = Vec::new();
+    for c in changes {
+        match c {
+            ElemChange::Add {
+                set,
+                elems,
+                exclusive,
+            } => {
+                let excl = if *exclusive { NLM_F_EXCL } else { 0 };
+                msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
+                    Request::new(
+                        nft(NfTablesMessage::NewSetElement(elem_list(
+                            table, set, chunk, true,
+                        ))),
+                        family,
+                        NLM_F_CREATE | excl,
+                    )
+                }));
+            }
+            ElemChange::Del { set, elems } => {
+                msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
+                    Request::new(
+                        nft(NfTablesMessage::DeleteSetElement(elem_list(
+                            table, set, chunk, false,
+                        ))),
+                        family,
+                        0,
+                    )
+                }));
+            }
+        }
+    }
+    msgs
 }
 
 fn errno(e: i32) -> io::Error {
@@ -190,41 +244,7 @@ impl NfNetlink {
         table: &str,
         changes: &[ElemChange],
     ) -> io::Result<()> {
-        // The element list is one netlink attribute, whose length is 16 bits: a long list
-        // goes as several messages of one transaction (still all or nothing).
-        let mut msgs: Vec<Request> = Vec::new();
-        for c in changes {
-            match c {
-                ElemChange::Add {
-                    set,
-                    elems,
-                    exclusive,
-                } => {
-                    let excl = if *exclusive { NLM_F_EXCL } else { 0 };
-                    msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
-                        Request::new(
-                            nft(NfTablesMessage::NewSetElement(elem_list(
-                                table, set, chunk, true,
-                            ))),
-                            family,
-                            NLM_F_CREATE | excl,
-                        )
-                    }));
-                }
-                ElemChange::Del { set, elems } => {
-                    msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
-                        Request::new(
-                            nft(NfTablesMessage::DeleteSetElement(elem_list(
-                                table, set, chunk, false,
-                            ))),
-                            family,
-                            0,
-                        )
-                    }));
-                }
-            }
-        }
-        self.transaction(msgs)
+        self.transaction(elem_requests(family, table, changes))
     }
 
     /// Looks up `keys` in `set`, all requests in one send: `None` where the key is absent.
@@ -402,6 +422,7 @@ mod tests {
             key: vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
             data: Some(vec![10, 1, 0, 2, 0, 80, 0, 0]),
             udata: Some(comment_udata("x")),
+            jump: None,
         };
         let m = elem_list("t", "s", std::slice::from_ref(&e), true);
         let mut buf = vec![0u8; m.attributes.as_slice().buffer_len()];

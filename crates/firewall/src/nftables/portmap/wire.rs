@@ -80,6 +80,7 @@ impl Wire for PortMapping {
             key: self.key(),
             data: Some(self.data()),
             udata: Some(comment_udata(&owner.tag())),
+            jump: None,
         }
     }
 

@@ -1,0 +1,592 @@
+//! Services (reef-agent) in nftables: virtual IPs and node ports load-balanced to endpoints,
+//! in one table, `ip reef-services`, whose per-service state is nothing but set and map
+//! elements. Chains exist per endpoint COUNT (`lb-N`) and per affinity timeout, never per
+//! service, so loading stays linear in the number of services (one anonymous `numgen` vmap
+//! per service, as kube-proxy's nftables mode has, makes the kernel's load quadratic):
+//!
+//! ```text
+//! table ip reef-services {
+//!   set vips            { ipv4_addr }                       every VIP
+//!   map services        { vip . proto . port : verdict }     jump lb-<endpoints>
+//!   map endpoints       { vip . proto . port . slot : pod . port }
+//!   map aff-services    { vip . proto . port : verdict }     jump aff-<timeout> (ClientIP)
+//!   map aff             { client . vip . proto . port : pod . port }  dynamic, filled by
+//!                                                            the data path with a timeout
+//!   map nodeports       { proto . port : verdict }           jump np-lb-<endpoints>
+//!   map np-endpoints    { proto . port . slot : pod . port } (Local policy: local pods only)
+//!   set np-all          { proto . port }                     every node port
+//!   set np-masq         { proto . port }                     node ports of Cluster policy
+//!   set hairpin         { pod . pod }                        every endpoint
+//!   chain lb-N    { dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @endpoints }
+//!   chain np-lb-N { dnat ip to meta l4proto . th dport . numgen random mod N map @np-endpoints }
+//!   chain aff-T   { update @aff { ip saddr . ct original ip daddr . ... timeout Ts : ip daddr . th dport } }
+//!   chain svc-dnat (from nat prerouting and output) {
+//!     dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @aff     remembered choice
+//!     ip daddr . meta l4proto . th dport vmap @services
+//!     fib daddr type local meta l4proto . th dport vmap @nodeports }
+//!   chain nat-postrouting { masquerade hairpin flows and Cluster-policy node-port flows }
+//!   chain svc-filter (from filter input, forward, output; ct state new) {
+//!     still addressed to a VIP, or an un-DNATed local node port: reject (TCP reset, ICMP
+//!     port unreachable); record the choice of affinity services: vmap @aff-services }
+//! }
+//! ```
+//!
+//! Per packet: one lookup in `services` (or `nodeports`), one `numgen`, one lookup in
+//! `endpoints`, whatever the number of services. The agent keeps the table's picture in
+//! memory ([`ServicesState`]) and changes only the elements a service's change touches, in
+//! one transaction (a changed value is a delete and an add of the same key in that
+//! transaction: nobody sees a half-applied service). Elements several services need (a VIP
+//! with several ports, a pod behind several services) are counted by owner.
+
+mod ruleset;
+pub(crate) mod wire;
+
+pub use ruleset::table_script;
+
+use super::objects::{elem_requests, Elem, ElemChange};
+use super::{io, run_nft};
+use crate::conntrack::{self, Flow};
+use crate::nfnetlink::{NfNetlink, Request};
+use crate::rules::{LbEndpoint, Proto, ServiceLb};
+use crate::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use wire::FAMILY;
+
+pub const TABLE: &str = "reef-services";
+
+/// The sets and maps, in the order changes are sent (verdict maps last on add, so a jump
+/// never points at a slot that does not exist yet within the batch's effect).
+const MAPS: [&str; 9] = [
+    "vips",
+    "endpoints",
+    "np-endpoints",
+    "np-all",
+    "np-masq",
+    "hairpin",
+    "services",
+    "aff-services",
+    "nodeports",
+];
+
+/// A service port's identity.
+pub type ServiceKey = (IpAddr, Proto, u16);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    Set,
+    Data(Vec<u8>),
+    Jump(String),
+}
+
+impl Value {
+    fn elem(&self, key: &[u8]) -> Elem {
+        let mut e = Elem {
+            key: key.to_vec(),
+            ..Elem::default()
+        };
+        match self {
+            Value::Set => {}
+            Value::Data(d) => e.data = Some(d.clone()),
+            Value::Jump(c) => e.jump = Some(c.clone()),
+        }
+        e
+    }
+
+    fn of(e: &Elem) -> Value {
+        match (&e.data, &e.jump) {
+            (_, Some(c)) => Value::Jump(c.clone()),
+            (Some(d), None) => Value::Data(d.clone()),
+            (None, None) => Value::Set,
+        }
+    }
+}
+
+/// One element: map (or set) and key.
+type Slot = (&'static str, Vec<u8>);
+
+/// The elements one service port needs. IPv6 VIPs are not programmed yet (the table is `ip`).
+fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
+    let IpAddr::V4(vip) = lb.vip else {
+        return Vec::new();
+    };
+    let v4 = |e: &LbEndpoint| match e.ip {
+        IpAddr::V4(a) => Some((a, e.port)),
+        IpAddr::V6(_) => None,
+    };
+    let eps: Vec<(Ipv4Addr, u16)> = lb.endpoints.iter().filter_map(v4).collect();
+    let mut out: Vec<(Slot, Value)> = vec![(("vips", wire::vip_key(vip)), Value::Set)];
+    if !eps.is_empty() {
+        out.push((
+            ("services", wire::service_key(vip, lb.proto, lb.port)),
+            Value::Jump(wire::lb_chain(eps.len())),
+        ));
+        for (slot, (ip, port)) in eps.iter().enumerate() {
+            out.push((
+                (
+                    "endpoints",
+                    wire::endpoint_key(vip, lb.proto, lb.port, slot as u32),
+                ),
+                Value::Data(wire::endpoint_data(*ip, *port)),
+            ));
+            out.push((("hairpin", wire::hairpin_key(*ip)), Value::Set));
+        }
+        if let Some(t) = lb.affinity_timeout {
+            out.push((
+                ("aff-services", wire::service_key(vip, lb.proto, lb.port)),
+                Value::Jump(wire::aff_chain(t)),
+            ));
+        }
+    }
+    if let Some(np) = lb.node_port {
+        out.push((("np-all", wire::node_port_key(lb.proto, np)), Value::Set));
+        if !lb.node_port_local {
+            out.push((("np-masq", wire::node_port_key(lb.proto, np)), Value::Set));
+        }
+        let np_eps: Vec<(Ipv4Addr, u16)> = lb
+            .endpoints
+            .iter()
+            .filter(|e| e.local || !lb.node_port_local)
+            .filter_map(v4)
+            .collect();
+        if !np_eps.is_empty() {
+            out.push((
+                ("nodeports", wire::node_port_key(lb.proto, np)),
+                Value::Jump(wire::np_lb_chain(np_eps.len())),
+            ));
+            for (slot, (ip, port)) in np_eps.iter().enumerate() {
+                out.push((
+                    (
+                        "np-endpoints",
+                        wire::node_port_endpoint_key(lb.proto, np, slot as u32),
+                    ),
+                    Value::Data(wire::endpoint_data(*ip, *port)),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The table's picture: what each service port rendered, who needs each element, and what
+/// the kernel holds.
+#[derive(Debug, Default)]
+pub struct ServicesState {
+    programmed: HashMap<ServiceKey, (ServiceLb, Vec<(Slot, Value)>)>,
+    owners: HashMap<Slot, BTreeMap<ServiceKey, Value>>,
+    installed: HashMap<Slot, Value>,
+    chains: BTreeSet<String>,
+    /// The kernel was read and matches `installed`; false forces a full sync.
+    in_sync: bool,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServicesApplied {
+    /// Element changes sent (0 when the kernel already matched).
+    pub changes: usize,
+    /// Service ports programmed now.
+    pub services: usize,
+}
+
+impl ServicesState {
+    fn effective(&self, slot: &Slot) -> Option<&Value> {
+        self.owners.get(slot).and_then(|o| o.values().next())
+    }
+
+    fn own(&mut self, key: ServiceKey, lb: Option<&ServiceLb>) -> Vec<Slot> {
+        let mut touched = Vec::new();
+        // Endpoints keep their slots: one that leaves is replaced by the last one, new ones
+        // go at the end, so a change rewrites as few elements as possible.
+        let lb: Option<ServiceLb> = lb.map(|new| match self.programmed.get(&key) {
+            Some((old, _)) => {
+                let mut order = old.endpoints.clone();
+                let mut i = order.len();
+                while i > 0 {
+                    i -= 1;
+                    if !new.endpoints.contains(&order[i]) {
+                        order.swap_remove(i);
+                    }
+                }
+                for e in &new.endpoints {
+                    if !order.contains(e) {
+                        order.push(*e);
+                    }
+                }
+                ServiceLb {
+                    endpoints: order,
+                    ..new.clone()
+                }
+            }
+            None => new.clone(),
+        });
+        let lb = lb.as_ref();
+        if let Some((_, old)) = self.programmed.remove(&key) {
+            for (slot, _) in old {
+                if let Some(o) = self.owners.get_mut(&slot) {
+                    o.remove(&key);
+                    if o.is_empty() {
+                        self.owners.remove(&slot);
+                    }
+                }
+                touched.push(slot);
+            }
+        }
+        if let Some(lb) = lb {
+            let elems = render(lb);
+            for (slot, v) in &elems {
+                self.owners
+                    .entry(slot.clone())
+                    .or_default()
+                    .insert(key, v.clone());
+                touched.push(slot.clone());
+            }
+            self.programmed.insert(key, (lb.clone(), elems));
+        }
+        touched
+    }
+
+    /// Reads every element of the table into `installed` (creating the table if absent).
+    fn read_kernel(&mut self, nl: &mut NfNetlink) -> Result<()> {
+        if !nl
+            .table_exists(FAMILY, TABLE)
+            .map_err(io("query nftables"))?
+        {
+            run_nft(&table_script(), &format!("create table ip {TABLE}"))?;
+        }
+        self.installed.clear();
+        for m in MAPS {
+            for e in nl
+                .dump_elements(FAMILY, TABLE, m)
+                .map_err(io("list service elements"))?
+            {
+                let v = Value::of(&e);
+                self.installed.insert((m, e.key), v);
+            }
+        }
+        self.chains.clear();
+        self.in_sync = true;
+        Ok(())
+    }
+
+    /// The requests creating the chains `changes` jump to that do not exist yet.
+    fn chain_requests(&mut self, nl: &mut NfNetlink, wanted: &[String]) -> Result<Vec<Request>> {
+        let mut reqs = Vec::new();
+        for c in wanted {
+            if self.chains.contains(c) {
+                continue;
+            }
+            let present = !nl
+                .dump_rules(FAMILY, TABLE, c)
+                .map_err(io("list service chains"))?
+                .is_empty();
+            if !present {
+                if let Some(n) = c.strip_prefix("np-lb-").and_then(|n| n.parse().ok()) {
+                    reqs.extend(wire::np_lb_chain_requests(n));
+                } else if let Some(n) = c.strip_prefix("lb-").and_then(|n| n.parse().ok()) {
+                    reqs.extend(wire::lb_chain_requests(n));
+                } else if let Some(t) = c.strip_prefix("aff-").and_then(|t| t.parse().ok()) {
+                    run_nft(&wire::aff_chain_script(t), &format!("add chain {c}"))?;
+                }
+            }
+            self.chains.insert(c.clone());
+        }
+        Ok(reqs)
+    }
+
+    /// Sends the difference between `installed` and the owners' values for `slots`.
+    fn commit(&mut self, nl: &mut NfNetlink, slots: Vec<Slot>) -> Result<usize> {
+        let mut dels: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        let mut adds: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        let mut after: Vec<(Slot, Option<Value>)> = Vec::new();
+        let mut jumps: BTreeSet<String> = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        for slot in slots {
+            if !seen.insert(slot.clone()) {
+                continue;
+            }
+            let want = self.effective(&slot).cloned();
+            let have = self.installed.get(&slot);
+            if want.as_ref() == have {
+                continue;
+            }
+            if let Some(h) = have {
+                dels.entry(slot.0).or_default().push(h.elem(&slot.1));
+            }
+            if let Some(w) = &want {
+                if let Value::Jump(c) = w {
+                    jumps.insert(c.clone());
+                }
+                adds.entry(slot.0).or_default().push(w.elem(&slot.1));
+            }
+            after.push((slot, want));
+        }
+        if after.is_empty() {
+            return Ok(0);
+        }
+        let jumps: Vec<String> = jumps.into_iter().collect();
+        let mut reqs = self.chain_requests(nl, &jumps)?;
+        let mut changes: Vec<ElemChange> = Vec::new();
+        // Jumps go first on delete and last on add.
+        for m in MAPS.iter().rev() {
+            if let Some(e) = dels.get(m) {
+                changes.push(ElemChange::Del { set: m, elems: e });
+            }
+        }
+        for m in MAPS {
+            if let Some(e) = adds.get(m) {
+                changes.push(ElemChange::Add {
+                    set: m,
+                    elems: e,
+                    exclusive: false,
+                });
+            }
+        }
+        reqs.extend(elem_requests(FAMILY, TABLE, &changes));
+        if let Err(e) = nl.transaction(reqs) {
+            // The kernel is not what we think (someone changed the table): read it again.
+            self.in_sync = false;
+            self.chains.clear();
+            return Err(Error::Io {
+                context: format!("program services (table ip {TABLE})"),
+                source: e,
+            });
+        }
+        let n = after.len();
+        for (slot, v) in after {
+            match v {
+                Some(v) => self.installed.insert(slot, v),
+                None => self.installed.remove(&slot),
+            };
+        }
+        Ok(n)
+    }
+
+    /// Makes the table exactly `all` (reading the kernel first): changes nothing when the
+    /// kernel already matches.
+    pub fn sync(&mut self, nl: &mut NfNetlink, all: &[ServiceLb]) -> Result<ServicesApplied> {
+        let before: HashMap<ServiceKey, ServiceLb> = self
+            .programmed
+            .iter()
+            .map(|(k, (lb, _))| (*k, lb.clone()))
+            .collect();
+        self.read_kernel(nl)?;
+        self.programmed.clear();
+        self.owners.clear();
+        for lb in all {
+            self.own(lb.key(), Some(lb));
+        }
+        let mut slots: Vec<Slot> = self.installed.keys().cloned().collect();
+        slots.extend(self.owners.keys().cloned());
+        let changes = self.commit(nl, slots)?;
+        let gone: Vec<(ServiceKey, LbEndpoint)> = before
+            .iter()
+            .flat_map(|(k, old)| {
+                let now = self.programmed.get(k).map(|(lb, _)| lb);
+                removed_endpoints(*k, old, now)
+            })
+            .collect();
+        self.forget_endpoints(nl, &gone);
+        Ok(ServicesApplied {
+            changes,
+            services: self.programmed.len(),
+        })
+    }
+
+    /// Applies the changed service ports only (`None`: the port is gone). Falls back to a
+    /// full sync when the picture may be stale.
+    pub fn update(
+        &mut self,
+        nl: &mut NfNetlink,
+        changed: &[(ServiceKey, Option<ServiceLb>)],
+    ) -> Result<ServicesApplied> {
+        if !self.in_sync {
+            self.read_kernel(nl)?;
+            let mut slots: Vec<Slot> = self.installed.keys().cloned().collect();
+            slots.extend(self.owners.keys().cloned());
+            self.commit(nl, slots)?;
+        }
+        let mut slots = Vec::new();
+        let mut gone = Vec::new();
+        for (k, lb) in changed {
+            if let Some((old, _)) = self.programmed.get(k) {
+                gone.extend(removed_endpoints(*k, old, lb.as_ref()));
+            }
+            slots.extend(self.own(*k, lb.as_ref()));
+        }
+        let changes = self.commit(nl, slots)?;
+        self.forget_endpoints(nl, &gone);
+        Ok(ServicesApplied {
+            changes,
+            services: self.programmed.len(),
+        })
+    }
+
+    /// After endpoints left: their UDP conntrack entries (a flow would keep reaching the old
+    /// pod for as long as it sends) and the affinity entries that pin clients to them.
+    /// Best effort: the data plane is already right for new connections.
+    fn forget_endpoints(&mut self, nl: &mut NfNetlink, gone: &[(ServiceKey, LbEndpoint)]) {
+        if gone.is_empty() {
+            return;
+        }
+        let flows: Vec<Flow> = gone
+            .iter()
+            .filter(|((_, proto, _), _)| *proto == Proto::Udp)
+            .map(|(_, e)| Flow::ToEndpoint {
+                proto: Proto::Udp.number(),
+                ip: e.ip,
+                port: e.port,
+            })
+            .collect();
+        if !flows.is_empty() {
+            let _ = conntrack::flush_flows(nl, &flows);
+        }
+        let stale: BTreeSet<(Vec<u8>, Vec<u8>)> = gone
+            .iter()
+            .filter_map(|((vip, proto, port), e)| match (vip, e.ip) {
+                (IpAddr::V4(v), IpAddr::V4(ip)) => Some((
+                    wire::service_key(*v, *proto, *port),
+                    wire::endpoint_data(ip, e.port),
+                )),
+                _ => None,
+            })
+            .collect();
+        let Ok(aff) = nl.dump_elements(FAMILY, TABLE, "aff") else {
+            return;
+        };
+        let victims: Vec<Elem> = aff
+            .into_iter()
+            .filter(|e| {
+                let svc = e.key.get(4..).map(<[u8]>::to_vec).unwrap_or_default();
+                e.data
+                    .as_ref()
+                    .is_some_and(|d| stale.contains(&(svc, d.clone())))
+            })
+            .map(|e| Elem {
+                key: e.key,
+                ..Elem::default()
+            })
+            .collect();
+        if !victims.is_empty() {
+            let _ = nl.change_elements(
+                FAMILY,
+                TABLE,
+                &[ElemChange::Del {
+                    set: "aff",
+                    elems: &victims,
+                }],
+            );
+        }
+    }
+
+    /// Removes the whole table (agent teardown on request; idempotent).
+    pub fn remove(&mut self) -> Result<()> {
+        *self = ServicesState::default();
+        run_nft(
+            &format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"),
+            &format!("delete table ip {TABLE}"),
+        )
+        .map(|_| ())
+    }
+}
+
+fn removed_endpoints(
+    key: ServiceKey,
+    old: &ServiceLb,
+    now: Option<&ServiceLb>,
+) -> Vec<(ServiceKey, LbEndpoint)> {
+    old.endpoints
+        .iter()
+        .filter(|e| {
+            now.is_none_or(|n| !n.endpoints.iter().any(|x| x.ip == e.ip && x.port == e.port))
+        })
+        .map(|e| (key, *e))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb(vip: &str, port: u16, eps: &[(&str, bool)]) -> ServiceLb {
+        ServiceLb {
+            vip: vip.parse().expect("vip"),
+            proto: Proto::Tcp,
+            port,
+            node_port: Some(30000 + port),
+            endpoints: eps
+                .iter()
+                .map(|(ip, local)| LbEndpoint {
+                    ip: ip.parse().expect("ip"),
+                    port: 8080,
+                    local: *local,
+                })
+                .collect(),
+            affinity_timeout: None,
+            node_port_local: false,
+        }
+    }
+
+    fn maps(elems: &[(Slot, Value)]) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for ((name, _), _) in elems {
+            *m.entry(*name).or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn a_service_port_renders_its_elements() {
+        let r = render(&lb(
+            "10.96.0.10",
+            80,
+            &[("10.1.0.2", true), ("10.2.0.2", false)],
+        ));
+        assert_eq!(
+            maps(&r),
+            BTreeMap::from([
+                ("vips", 1),
+                ("services", 1),
+                ("endpoints", 2),
+                ("hairpin", 2),
+                ("np-all", 1),
+                ("np-masq", 1),
+                ("nodeports", 1),
+                ("np-endpoints", 2),
+            ])
+        );
+        let jump = r
+            .iter()
+            .find(|((m, _), _)| *m == "services")
+            .map(|(_, v)| v.clone());
+        assert_eq!(jump, Some(Value::Jump("lb-2".into())));
+        // No endpoints: only what makes it refuse (the VIP, the node port).
+        let none = render(&lb("10.96.0.10", 80, &[]));
+        assert_eq!(
+            maps(&none),
+            BTreeMap::from([("vips", 1), ("np-all", 1), ("np-masq", 1)])
+        );
+        // Local policy: node ports reach local endpoints only, unmasqueraded.
+        let mut local = lb("10.96.0.10", 80, &[("10.1.0.2", true), ("10.2.0.2", false)]);
+        local.node_port_local = true;
+        let r = render(&local);
+        assert_eq!(maps(&r).get("np-endpoints"), Some(&1));
+        assert_eq!(maps(&r).get("np-masq"), None);
+    }
+
+    #[test]
+    fn shared_elements_stay_while_any_owner_needs_them() {
+        let mut s = ServicesState::default();
+        let a = lb("10.96.0.10", 80, &[("10.1.0.2", true)]);
+        let b = lb("10.96.0.10", 81, &[("10.1.0.2", true)]);
+        s.own(a.key(), Some(&a));
+        s.own(b.key(), Some(&b));
+        let vip: Slot = ("vips", wire::vip_key("10.96.0.10".parse().expect("ip")));
+        assert_eq!(s.owners[&vip].len(), 2);
+        s.own(a.key(), None);
+        assert_eq!(s.effective(&vip), Some(&Value::Set));
+        s.own(b.key(), None);
+        assert_eq!(s.effective(&vip), None);
+        assert!(s.owners.is_empty() && s.programmed.is_empty());
+    }
+}
