@@ -78,6 +78,7 @@ impl RoutedCluster {
             "name": NET,
             "plugins": [{
                 "type": "reef-routed",
+                "capabilities": {"labels": true},
                 "ipam": {
                     "type": "reef-ipam",
                     "etcd": {"endpoints": [self.endpoint()]},
@@ -168,14 +169,36 @@ impl RoutedCluster {
     /// Creates a pod on host `i` through libcni (reef-routed + cluster reef-ipam); returns its
     /// index in [`RoutedCluster::pods`] and the instant the ADD returned.
     pub fn add_pod_timed(&mut self, i: usize) -> (usize, Instant) {
+        self.add_pod_with(i, None, None)
+    }
+
+    /// A pod on host `i` with Kubernetes `labels` (the `labels` capability) and, with
+    /// `name`, `K8S_POD_NAMESPACE`/`K8S_POD_NAME` (`namespace/name`): a service endpoint.
+    pub fn add_labelled_pod(&mut self, i: usize, name: &str, labels: &Value) -> usize {
+        self.add_pod_with(i, Some(name), Some(labels)).0
+    }
+
+    fn add_pod_with(
+        &mut self,
+        i: usize,
+        name: Option<&str>,
+        labels: Option<&Value>,
+    ) -> (usize, Instant) {
         let ns = Netns::new("rpod").expect("create pod netns");
         let cid = format!("{}-p{}", self.node(i), self.next_pod);
         self.next_pod += 1;
         let cache = self.dirs[i].path().join("cni-cache");
-        let out = Cnitool::new(self.host(i).ns(), cache)
+        let mut tool = Cnitool::new(self.host(i).ns(), cache)
             .cni_path(cni_path())
-            .timeout(CALL_TIMEOUT)
-            .add(&self.conflist(i), ns.path(), &cid, IFNAME);
+            .timeout(CALL_TIMEOUT);
+        if let Some(l) = labels {
+            tool = tool.cap_args(&json!({ "labels": l }));
+        }
+        if let Some(n) = name {
+            let (ns_name, pod) = n.split_once('/').unwrap_or(("default", n));
+            tool = tool.rt_args(&format!("K8S_POD_NAMESPACE={ns_name};K8S_POD_NAME={pod}"));
+        }
+        let out = tool.add(&self.conflist(i), ns.path(), &cid, IFNAME);
         let done = Instant::now();
         let stdout = assert_success(&out, &format!("cnitool add {cid} on {}", self.node(i)));
         let result: Value = serde_json::from_str(stdout.trim())
@@ -200,6 +223,17 @@ impl RoutedCluster {
 
     pub fn add_pod(&mut self, i: usize) -> usize {
         self.add_pod_timed(i).0
+    }
+
+    /// Deletes pod `p` through libcni (its workload record goes with its addresses).
+    pub fn del_pod(&self, p: usize) {
+        let pod = &self.pods[p];
+        let cache = self.dirs[pod.host].path().join("cni-cache");
+        let out = Cnitool::new(self.host(pod.host).ns(), cache)
+            .cni_path(cni_path())
+            .timeout(CALL_TIMEOUT)
+            .del(&self.conflist(pod.host), pod.ns.path(), &pod.cid, IFNAME);
+        assert_success(&out, &format!("cnitool del {}", pod.cid));
     }
 
     /// `reefctl --etcd EP ARGS` inside host `i`.

@@ -111,6 +111,9 @@ pub enum RouteKind {
     Unicast,
     /// Drops traffic silently: a node's own, partly unused blocks must not leak back out.
     Blackhole,
+    /// Delivered to this host (table local): the service CIDR, so a VIP that nothing
+    /// DNATed reaches the firewall's input hook and is refused there.
+    Local,
 }
 
 impl RouteSpec {
@@ -708,8 +711,10 @@ fn route_message(r: &RouteSpec) -> Result<RouteMessage> {
         if let Some(p) = r.protocol {
             b = b.protocol(RouteProtocol::from(p));
         }
-        if r.kind == RouteKind::Blackhole {
-            b = b.kind(RouteType::BlackHole);
+        match r.kind {
+            RouteKind::Blackhole => b = b.kind(RouteType::BlackHole),
+            RouteKind::Local => b = b.kind(RouteType::Local),
+            RouteKind::Unicast => {}
         }
         if r.onlink {
             b = b.onlink();

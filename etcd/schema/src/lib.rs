@@ -196,6 +196,11 @@ pub struct AgentStatus {
     pub updated: u64,
     /// Routes the agent has programmed (remote blocks, borrowed /32s, own blackholes).
     pub routes: usize,
+    /// Service ports and their endpoints programmed (absent from older agents).
+    #[serde(default)]
+    pub services: usize,
+    #[serde(default)]
+    pub endpoints: usize,
     /// Remote nodes whose routes the kernel refused, with why (e.g. another subnet in routed
     /// mode: the next hop is not on-link).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

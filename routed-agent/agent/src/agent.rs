@@ -73,6 +73,8 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         started,
         updated: started,
         routes: 0,
+        services: 0,
+        endpoints: 0,
         problems: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

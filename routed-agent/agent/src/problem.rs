@@ -41,6 +41,8 @@ pub enum Problem {
     Route(String),
     #[error("natOutgoing: {0}")]
     Nat(String),
+    #[error("services: {0}")]
+    Services(String),
     #[error("block {cidr} of node {node} ignored: {why}")]
     BadBlock {
         cidr: IpNetwork,
@@ -65,7 +67,10 @@ impl Problem {
     /// someone else: each is reported once and re-checked on the next change or resync.
     /// Kernel refusals may clear on their own.
     pub fn retry(&self) -> bool {
-        matches!(self, Problem::Route(_) | Problem::Nat(_))
+        matches!(
+            self,
+            Problem::Route(_) | Problem::Nat(_) | Problem::Services(_)
+        )
     }
 }
 

@@ -78,11 +78,18 @@ fn publish(st: &State, view: &ClusterView, outcome: Outcome) {
             crate::warn!("problem", about = about, problem = why);
         }
     }
+    let (services, endpoints) = (outcome.services, outcome.endpoints);
     st.status.send_if_modified(|s| {
-        if s.routes == routes && s.problems == problems && s.mode == mode {
+        if s.routes == routes
+            && s.problems == problems
+            && s.mode == mode
+            && (s.services, s.endpoints) == (services, endpoints)
+        {
             return false;
         }
         s.routes = routes;
+        s.services = services;
+        s.endpoints = endpoints;
         s.problems = problems;
         s.mode = mode;
         s.updated = now();

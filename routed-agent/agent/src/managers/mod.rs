@@ -4,15 +4,16 @@
 //! [`for_node`] builds, in order, on every relevant change and on every resync:
 //!
 //! 1. [`nat::NatManager`]: natOutgoing (one nftables table, replaced when the pools change);
-//! 2. [`routes::RoutesManager`]: routes between nodes, through the routed or a VXLAN backend.
+//! 2. [`routes::RoutesManager`]: routes between nodes, through the routed or a VXLAN backend;
+//! 3. [`services::ServicesManager`]: virtual IPs and node ports to live endpoints.
 //!
-//! Services (virtual IPs to endpoints) and network policy are the next two concerns: each
-//! becomes a module here with a desired-state function in `desired/` and an entry in
-//! [`for_node`]; the loop needs no change.
+//! Network policy is the next concern: a module here with a desired-state function in
+//! `desired/` and an entry in [`for_node`].
 
 pub mod diff;
 pub mod nat;
 pub mod routes;
+pub mod services;
 
 use crate::problem::Problem;
 use crate::underlay::Underlay;
@@ -40,6 +41,9 @@ pub struct Outcome {
     pub routes: usize,
     /// This node's VTEP (MAC, address) when an overlay runs: published in its record.
     pub vtep: Option<(String, IpAddr)>,
+    /// Service ports and endpoints programmed now (the services manager).
+    pub services: usize,
+    pub endpoints: usize,
 }
 
 impl Outcome {
@@ -47,6 +51,8 @@ impl Outcome {
     pub fn merge(&mut self, other: Outcome) {
         self.problems.extend(other.problems);
         self.routes += other.routes;
+        self.services += other.services;
+        self.endpoints += other.endpoints;
         self.vtep = self.vtep.take().or(other.vtep);
     }
 }
@@ -67,8 +73,13 @@ pub trait Manager {
 pub fn for_node(me: &str, nl: Netlink, underlay: Underlay) -> Vec<Box<dyn Manager>> {
     vec![
         Box::new(nat::NatManager::new(me, nat::Firewall)),
-        Box::new(routes::RoutesManager::new(me, nl, underlay)),
-        // services::ServicesManager and policy::PolicyManager plug in here.
+        Box::new(routes::RoutesManager::new(me, nl.clone(), underlay)),
+        Box::new(services::ServicesManager::new(
+            me,
+            services::Firewall::default(),
+            Some(nl),
+        )),
+        // policy::PolicyManager plugs in here.
     ]
 }
 
@@ -86,6 +97,7 @@ mod tests {
             problems: BTreeMap::from([("n".into(), Problem::NoVtep)]),
             routes: 3,
             vtep: Some(("aa:bb:cc:dd:ee:ff".into(), "10.0.0.0".parse().unwrap())),
+            ..Outcome::default()
         });
         assert_eq!(a.problems["n"], Problem::NoVtep);
         assert_eq!(a.routes, 3);

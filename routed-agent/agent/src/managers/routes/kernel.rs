@@ -72,6 +72,8 @@ impl RouteProgrammer {
                     (RouteKind::Unicast, Some(gw)) => Target::Via(gw),
                     // A gateway-less route of ours cannot be described: replace it.
                     (RouteKind::Unicast, None) => Target::Blackhole,
+                    // Not listed here (table local): the services manager's.
+                    (RouteKind::Local, _) => continue,
                 };
                 have.insert(r.dst, t);
             }
