@@ -6,7 +6,7 @@
 //! created in).
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,10 +40,10 @@ where
     .map_err(|_| io::Error::other("thread inside the namespace panicked"))?
 }
 
-/// A TCP listener on `ip` (ephemeral port) inside `ns`.
-fn listen_in(ns: &Netns, ip: Ipv4Addr) -> TcpListener {
-    in_netns(ns, move || TcpListener::bind((ip, 0)))
-        .unwrap_or_else(|e| panic!("listen on {ip} in {}: {e}", ns.name()))
+/// A TCP listener on `ip:port` (0: ephemeral) inside `ns`.
+fn listen_in(ns: &Netns, ip: Ipv4Addr, port: u16) -> TcpListener {
+    in_netns(ns, move || TcpListener::bind((ip, port)))
+        .unwrap_or_else(|e| panic!("listen on {ip}:{port} in {}: {e}", ns.name()))
 }
 
 /// A TCP connection from inside `ns` to `to`.
@@ -88,8 +88,35 @@ impl Transfer {
         total: Option<u64>,
         pace: Option<(usize, Duration)>,
     ) -> Transfer {
-        let listener = listen_in(dst, dst_ip);
+        let listener = listen_in(dst, dst_ip, 0);
         let addr = listener.local_addr().expect("listener address");
+        Transfer::run(src, listener, addr, total, pace)
+    }
+
+    /// A paced stream to a server listening on `listen` in `dst`, connected to `via` (a
+    /// service VIP and port that leads to it).
+    pub fn paced_via(
+        src: &Netns,
+        dst: &Netns,
+        listen: SocketAddr,
+        via: SocketAddr,
+        chunk: usize,
+        every: Duration,
+    ) -> Transfer {
+        let IpAddr::V4(ip) = listen.ip() else {
+            panic!("IPv4 only: {listen}");
+        };
+        let listener = listen_in(dst, ip, listen.port());
+        Transfer::run(src, listener, via, None, Some((chunk, every)))
+    }
+
+    fn run(
+        src: &Netns,
+        listener: TcpListener,
+        addr: SocketAddr,
+        total: Option<u64>,
+        pace: Option<(usize, Duration)>,
+    ) -> Transfer {
         let server = std::thread::spawn(move || -> Result<TransferReport, String> {
             listener.set_nonblocking(true).map_err(|e| e.to_string())?;
             let deadline = Instant::now() + IO_TIMEOUT;

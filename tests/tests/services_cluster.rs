@@ -32,25 +32,48 @@ while True:
         c.close()
 "#;
 
-/// `client.py tcp|udp HOST PORT N`: N connections (or datagrams from fresh sockets), one
-/// JSON object of answer -> count ("refused", "timeout" for failures) and the slowest try.
+/// `client.py tcp|udp HOST PORT N [full]`: N connections (or datagrams from fresh sockets),
+/// one JSON object of answer -> count ("refused", "timeout" for failures; the endpoint's
+/// name, or with `full` its whole answer `name client-address`) and the slowest try.
+/// `client.py udp-stream HOST PORT N`: N datagrams 100 ms apart from ONE socket (one
+/// conntrack entry), the list of answers.
 const CLIENT: &str = r#"
 import json, socket, sys, time
 proto, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+full = len(sys.argv) > 5
+if proto == "udp-stream":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.1)
+    s.connect((host, port))
+    out = []
+    for _ in range(n):
+        try:
+            s.send(b"?")
+            out.append(s.recv(256).decode().split()[0])
+            time.sleep(0.1)
+        except (socket.timeout, TimeoutError):
+            out.append("timeout")
+        except OSError as e:
+            out.append("error " + str(e.errno))
+            time.sleep(0.1)
+    print(json.dumps({"answers": out}))
+    sys.exit(0)
 counts, slowest = {}, 0.0
 for _ in range(n):
     t = time.monotonic()
     try:
         if proto == "tcp":
             s = socket.create_connection((host, port), timeout=2)
-            a = s.recv(256).decode().split()[0]
+            a = s.recv(256).decode()
         else:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.settimeout(1)
             s.connect((host, port))
             s.send(b"?")
-            a = s.recv(256).decode().split()[0]
+            a = s.recv(256).decode()
         s.close()
+        if not full:
+            a = a.split()[0]
     except ConnectionRefusedError:
         a = "refused"
     except (socket.timeout, TimeoutError):
@@ -70,9 +93,22 @@ struct World {
 
 impl World {
     fn new(hosts: usize) -> World {
-        let mut rc = RoutedCluster::new(hosts);
+        World::with_agent_flags(hosts, &[])
+    }
+
+    fn with_agent_flags(hosts: usize, flags: &[&str]) -> World {
+        World::build(RoutedCluster::new(hosts), flags)
+    }
+
+    /// `hosts` hosts on two underlay subnets' worth of modes: `mode` is the data plane.
+    fn in_mode(topology: Topology, mode: &str) -> World {
+        World::build(RoutedCluster::with(topology, mode), &[])
+    }
+
+    fn build(mut rc: RoutedCluster, flags: &[&str]) -> World {
+        let hosts = rc.cluster.hosts.len();
         let all: Vec<usize> = (0..hosts).collect();
-        rc.start_agents(&all, &[]);
+        rc.start_agents(&all, flags);
         let dir = tempdir();
         for (n, text) in [("server.py", SERVER), ("client.py", CLIENT)] {
             std::fs::write(dir.path().join(n), text).expect("write script");
@@ -134,6 +170,55 @@ impl World {
         (counts, v["slowest"].as_f64().unwrap_or_default())
     }
 
+    /// `client.py ... N full`: answer (`name client-address`) -> count.
+    fn ask_full(&self, ns: &Netns, host: &str, port: u16, n: usize) -> BTreeMap<String, u64> {
+        let script = self.dir.path().join("client.py");
+        let out = ns.sh_ok(&format!(
+            "python3 {} tcp {host} {port} {n} full",
+            script.display()
+        ));
+        let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["counts"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or_default()))
+            .collect()
+    }
+
+    /// Starts `client.py udp-stream` in `ns` (one socket, `n` datagrams 100 ms apart).
+    fn udp_stream(&self, ns: &Netns, host: &str, port: u16, n: usize) -> std::process::Child {
+        let script = self.dir.path().join("client.py");
+        ns.cmd("python3")
+            .args([
+                script.to_str().unwrap_or_default(),
+                "udp-stream",
+                host,
+                &port.to_string(),
+                &n.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start udp stream")
+    }
+
+    /// Waits until a connection from `ns` is answered by any endpoint.
+    fn until_any(&self, ns: &Netns, host: &str, port: u16, within: Duration) {
+        let start = Instant::now();
+        loop {
+            let (c, _) = self.ask(ns, "tcp", host, port, 1);
+            if c.keys().any(|k| k.starts_with("shop/")) {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "{host}:{port} never answered: {c:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until one connection from `ns` gets `want` (a name, or "refused").
     fn until(&self, ns: &Netns, proto: &str, host: &str, port: u16, want: &str, within: Duration) {
         let start = Instant::now();
@@ -167,7 +252,21 @@ const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespac
 /// at once; an endpoint that goes gets nothing new.
 #[test]
 fn a_vip_balances_across_hosts_and_refuses_without_endpoints() {
-    let mut w = World::new(3);
+    balances_and_refuses(World::new(3));
+}
+
+/// The same over the VXLAN overlay, and with vxlan-crosssubnet across two subnets.
+#[test]
+fn a_vip_balances_in_the_vxlan_modes() {
+    for (topology, mode) in [
+        (Topology::OneSubnet(3), "vxlan"),
+        (Topology::TwoSubnets(2), "vxlan-crosssubnet"),
+    ] {
+        balances_and_refuses(World::in_mode(topology, mode));
+    }
+}
+
+fn balances_and_refuses(mut w: World) {
     let eps: Vec<usize> = (0..3)
         .map(|i| w.endpoint(i, &format!("shop/web-{i}"), json!({"app": "web"})))
         .collect();
@@ -255,4 +354,198 @@ fn a_node_port_answers_on_every_node() {
             Duration::from_secs(10),
         );
     }
+}
+
+const STICKY: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: sticky, namespace: shop}\nspec:\n  selector: {app: sticky}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: loc, namespace: shop}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {app: loc}\n  ports: [{port: 80, targetPort: 8080, nodePort: 30090}]\n";
+
+/// ClientIP affinity pins a client to one endpoint; a pod reaching a service that picks
+/// itself is answered (hairpin); externalTrafficPolicy Local keeps the client's address and
+/// refuses on a node without a local endpoint.
+#[test]
+fn affinity_hairpin_and_local_node_ports() {
+    let mut w = World::new(2);
+    let own = w.endpoint(0, "shop/sticky-0", json!({"app": "sticky"}));
+    w.endpoint(1, "shop/sticky-1", json!({"app": "sticky"}));
+    w.endpoint(0, "shop/loc-0", json!({"app": "loc"}));
+    let client = w.rc.add_pod(1);
+    w.apply(STICKY);
+    let vip = vip_of(&w.rc, "shop", "sticky");
+    let c = &w.rc.pods[client].ns;
+    w.until_any(c, &vip, 80, Duration::from_secs(10));
+    let (counts, _) = w.ask(c, "tcp", &vip, 80, 30);
+    assert_eq!(
+        counts.len(),
+        1,
+        "affinity: one endpoint for one client: {counts:?}"
+    );
+    // Hairpin: sticky-0 through its own service, until the choice is itself (its affinity
+    // entry may pin it elsewhere: then any answer proves the path).
+    let me = &w.rc.pods[own].ns;
+    let (counts, _) = w.ask(me, "tcp", &vip, 80, 5);
+    assert_eq!(
+        counts.values().sum::<u64>(),
+        5,
+        "hairpin answered: {counts:?}"
+    );
+    assert!(
+        !counts.contains_key("refused") && !counts.contains_key("timeout"),
+        "{counts:?}"
+    );
+    // Local: the endpoint's node answers and sees the outside client's own address.
+    let outside = w.rc.add_host();
+    let out_ns = w.rc.host(outside).ns();
+    let out_addr = w.rc.host(outside).addr().to_string();
+    let node0 = w.rc.host(0).addr().to_string();
+    let node1 = w.rc.host(1).addr().to_string();
+    w.until(
+        out_ns,
+        "tcp",
+        &node0,
+        30090,
+        "shop/loc-0",
+        Duration::from_secs(10),
+    );
+    let full = w.ask_full(out_ns, &node0, 30090, 5);
+    assert_eq!(
+        full.get(&format!("shop/loc-0 {out_addr}")),
+        Some(&5),
+        "{full:?}"
+    );
+    let (counts, _) = w.ask(out_ns, "tcp", &node1, 30090, 3);
+    assert_eq!(
+        counts.get("refused"),
+        Some(&3),
+        "no local endpoint on node 1: {counts:?}"
+    );
+}
+
+/// A node whose agent dies (SIGKILL; its 2 s lease expires) stops getting new connections
+/// from every host; when its agent is back, it gets them again.
+#[test]
+fn endpoints_on_a_dead_node_leave_and_come_back() {
+    let mut w = World::with_agent_flags(3, &["--lease-ttl", "2"]);
+    w.endpoint(1, "shop/web-1", json!({"app": "web"}));
+    w.endpoint(2, "shop/web-2", json!({"app": "web"}));
+    let client = w.rc.add_pod(0);
+    w.apply(WEB);
+    let vip = vip_of(&w.rc, "shop", "web");
+    for name in ["shop/web-1", "shop/web-2"] {
+        w.until(
+            &w.rc.pods[client].ns,
+            "tcp",
+            &vip,
+            80,
+            name,
+            Duration::from_secs(10),
+        );
+    }
+    w.rc.agent(2).sigkill();
+    let killed = Instant::now();
+    loop {
+        let (counts, _) = w.ask(&w.rc.pods[client].ns, "tcp", &vip, 80, 20);
+        if counts.keys().all(|k| k == "shop/web-1") {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "web-2 still chosen 10 s after its agent died: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(w.rc.take_agent(2));
+    w.rc.start_agent(2, &["--lease-ttl", "2"]);
+    w.until(
+        &w.rc.pods[client].ns,
+        "tcp",
+        &vip,
+        80,
+        "shop/web-2",
+        Duration::from_secs(10),
+    );
+}
+
+/// The client host's agent is SIGKILLed and restarted in the middle of a TCP transfer to a
+/// VIP: the transfer completes (the table outlives the agent, and the new agent's full sync
+/// changes nothing).
+#[test]
+fn a_transfer_through_a_vip_survives_an_agent_restart() {
+    let mut w = World::new(2);
+    let ep = w.endpoint(1, "shop/bulk-0", json!({"app": "bulk"}));
+    let client = w.rc.add_pod(0);
+    w.apply("apiVersion: v1\nkind: Service\nmetadata: {name: bulk, namespace: shop}\nspec:\n  selector: {app: bulk}\n  ports: [{port: 9000}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: probe, namespace: shop}\nspec:\n  selector: {app: bulk}\n  ports: [{port: 80, targetPort: 8080}]\n");
+    let vip = vip_of(&w.rc, "shop", "bulk");
+    let probe = vip_of(&w.rc, "shop", "probe");
+    w.until(
+        &w.rc.pods[client].ns,
+        "tcp",
+        &probe,
+        80,
+        "shop/bulk-0",
+        Duration::from_secs(10),
+    );
+    let pod_ip = w.rc.pods[ep].ip;
+    let t = reef_tests::traffic::Transfer::paced_via(
+        &w.rc.pods[client].ns,
+        &w.rc.pods[ep].ns,
+        std::net::SocketAddr::from((pod_ip, 9000)),
+        format!("{vip}:9000").parse().expect("vip addr"),
+        16 * 1024,
+        Duration::from_millis(10),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    w.rc.agent(0).sigkill();
+    drop(w.rc.take_agent(0));
+    std::thread::sleep(Duration::from_millis(300));
+    w.rc.start_agent(0, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = t
+        .finish()
+        .unwrap_or_else(|e| panic!("transfer broke: {e}\n{}", w.rc.agent_logs()));
+    assert!(report.bytes > 16 * 1024 * 50, "{report:?}");
+}
+
+/// A UDP flow keeps one conntrack entry for as long as it sends: when its endpoint goes,
+/// the entry is deleted, so the same socket's next datagrams reach a live endpoint instead
+/// of the departed address.
+#[test]
+fn a_udp_flow_moves_off_a_deleted_endpoint() {
+    let mut w = World::new(3);
+    let first = w.endpoint(1, "shop/web-1", json!({"app": "web"}));
+    let client = w.rc.add_pod(0);
+    w.apply(WEB);
+    let vip = vip_of(&w.rc, "shop", "web");
+    w.until(
+        &w.rc.pods[client].ns,
+        "udp",
+        &vip,
+        53,
+        "shop/web-1",
+        Duration::from_secs(10),
+    );
+    // One socket, ~10 s of datagrams: its conntrack entry points at web-1.
+    let stream = w.udp_stream(&w.rc.pods[client].ns, &vip, 53, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    w.endpoint(2, "shop/web-2", json!({"app": "web"}));
+    w.until(
+        &w.rc.pods[client].ns,
+        "udp",
+        &vip,
+        53,
+        "shop/web-2",
+        Duration::from_secs(10),
+    );
+    w.rc.del_pod(first);
+    let out = stream.wait_with_output().expect("udp stream");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let answers: Vec<&str> = v["answers"]
+        .as_array()
+        .expect("answers")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(answers.first(), Some(&"shop/web-1"), "{answers:?}");
+    // The flow's last datagrams are answered by web-2.
+    let tail = &answers[answers.len() - 10..];
+    assert!(tail.iter().all(|a| *a == "shop/web-2"), "{answers:?}");
 }
