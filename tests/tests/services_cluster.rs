@@ -340,6 +340,10 @@ fn balances_and_refuses(mut w: World) {
 fn a_node_port_answers_on_every_node() {
     let mut w = World::new(3);
     w.endpoint(2, "shop/web-0", json!({"app": "web"}));
+    // A reef-portmap mapping of host 0 already holds 30080/tcp: reported, not hidden.
+    w.rc.host(0).ns().sh_ok(
+        "nft 'add table inet reef-portmap; add map inet reef-portmap any4 { type inet_proto . inet_service : ipv4_addr . inet_service; elements = { tcp . 30080 : 10.66.0.99 . 80 } }'",
+    );
     w.apply(WEB);
     let outside = w.rc.add_host();
     let outside_ns = w.rc.host(outside).ns();

@@ -43,6 +43,14 @@ pub enum Problem {
     Nat(String),
     #[error("services: {0}")]
     Services(String),
+    /// A node port that a reef-portmap mapping on the host also claims.
+    #[error("node port {port}/{proto} of service {service} is also mapped by reef-portmap ({mapping}); which one a connection gets is undefined")]
+    NodePortClash {
+        port: u16,
+        proto: String,
+        service: String,
+        mapping: String,
+    },
     #[error("block {cidr} of node {node} ignored: {why}")]
     BadBlock {
         cidr: IpNetwork,

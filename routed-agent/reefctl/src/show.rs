@@ -15,8 +15,8 @@ pub fn num(n: u128) -> Value {
 /// reports having programmed, its blocks, and any routing problem agents report about it.
 pub fn node_table(snap: &Snapshot) -> (String, Value) {
     let mut text = format!(
-        "{:<20} {:<20} {:<6} {:>6} {:>9}  BLOCKS\n",
-        "NODE", "ADDRESS", "ALIVE", "ROUTES", "ADDRESSES"
+        "{:<20} {:<20} {:<6} {:>6} {:>9} {:>13}  BLOCKS\n",
+        "NODE", "ADDRESS", "ALIVE", "ROUTES", "ADDRESSES", "SERVICES/EPS"
     );
     let mut rows = Vec::new();
     let mut problems_text = String::new();
@@ -52,11 +52,14 @@ pub fn node_table(snap: &Snapshot) -> (String, Value) {
             }
         }
         text.push_str(&format!(
-            "{n:<20} {:<20} {:<6} {:>6} {addrs:>9}  {}\n",
+            "{n:<20} {:<20} {:<6} {:>6} {addrs:>9} {:>13}  {}\n",
             address.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             if agent.is_some() { "yes" } else { "no" },
             agent
                 .map(|a| a.routes.to_string())
+                .unwrap_or_else(|| "-".into()),
+            agent
+                .map(|a| format!("{}/{}", a.services, a.endpoints))
                 .unwrap_or_else(|| "-".into()),
             blocks.join(",")
         ));
@@ -65,6 +68,8 @@ pub fn node_table(snap: &Snapshot) -> (String, Value) {
             "address": address.map(|a| a.to_string()),
             "alive": agent.is_some(),
             "routes": agent.map(|a| a.routes),
+            "services": agent.map(|a| a.services),
+            "endpoints": agent.map(|a| a.endpoints),
             "mode": agent.map(|a| a.mode.clone()),
             "blocks": blocks,
             "addresses": addrs,

@@ -15,7 +15,7 @@ use crate::problem::Problem;
 use crate::view::ClusterView;
 use crate::{info, warn};
 use ipnetwork::IpNetwork;
-use reef_firewall::{FirewallDriver, ServiceKey, ServiceLb, ServicesApplied};
+use reef_firewall::{FirewallDriver, PortMapping, ServiceKey, ServiceLb, ServicesApplied};
 use reef_netlink::{Netlink, RouteKind, RouteSpec};
 use std::collections::BTreeMap;
 
@@ -30,6 +30,10 @@ pub trait ServicesProgrammer {
         &mut self,
         changed: &[(ServiceKey, Option<ServiceLb>)],
     ) -> Result<ServicesApplied, reef_firewall::Error>;
+    /// The host's port mappings (reef-portmap), to find node ports that clash with them.
+    fn port_mappings(&mut self) -> Result<Vec<PortMapping>, reef_firewall::Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// Services through the host's firewall driver (`REEF_FIREWALL_DRIVER`, nftables by
@@ -61,6 +65,10 @@ impl ServicesProgrammer for Firewall {
     ) -> Result<ServicesApplied, reef_firewall::Error> {
         self.driver()?.update_services(changed)
     }
+
+    fn port_mappings(&mut self) -> Result<Vec<PortMapping>, reef_firewall::Error> {
+        self.driver()?.port_mappings()
+    }
 }
 
 pub struct ServicesManager<P> {
@@ -72,6 +80,9 @@ pub struct ServicesManager<P> {
     synced: bool,
     /// The service CIDR routed locally.
     routed: Option<IpNetwork>,
+    /// Node ports that a reef-portmap mapping on this host also claims (checked when node
+    /// ports change), reported on every sync until they are gone.
+    clashes: BTreeMap<String, Problem>,
 }
 
 impl<P: ServicesProgrammer> ServicesManager<P> {
@@ -83,6 +94,40 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
             programmed: BTreeMap::new(),
             synced: false,
             routed: None,
+            clashes: BTreeMap::new(),
+        }
+    }
+
+    /// Node ports that clash with the host's port mappings: both are DNATs in prerouting, and
+    /// which one a packet meets first is not defined.
+    fn check_clashes(&mut self) {
+        let node_ports: Vec<(reef_firewall::Proto, u16, String)> = self
+            .programmed
+            .iter()
+            .flat_map(|(id, lbs)| {
+                lbs.iter()
+                    .filter_map(move |lb| lb.node_port.map(|np| (lb.proto, np, id.clone())))
+            })
+            .collect();
+        self.clashes.clear();
+        if node_ports.is_empty() {
+            return;
+        }
+        let Ok(maps) = self.programmer.port_mappings() else {
+            return;
+        };
+        for (proto, np, id) in node_ports {
+            if let Some(m) = maps.iter().find(|m| m.proto == proto && m.host_port == np) {
+                self.clashes.insert(
+                    format!("{}/nodeport {np}/{proto}", self.me),
+                    Problem::NodePortClash {
+                        port: np,
+                        proto: proto.to_string(),
+                        service: id,
+                        mapping: m.to_string(),
+                    },
+                );
+            }
         }
     }
 
@@ -98,6 +143,8 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
                 );
             }
         }
+        o.problems
+            .extend(self.clashes.iter().map(|(k, p)| (k.clone(), p.clone())));
         o.services = self.programmed.values().map(Vec::len).sum();
         o.endpoints = self
             .programmed
@@ -117,6 +164,7 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
             if res.is_ok() {
                 self.programmed = all;
                 self.synced = true;
+                self.check_clashes();
             }
             if let Ok(a) = &res {
                 if a.changes > 0 {
@@ -153,6 +201,15 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
         if changed.is_empty() {
             return self.outcome(Ok(ServicesApplied::default()));
         }
+        let node_ports_changed = changed.iter().any(|(k, new)| {
+            new.as_ref().and_then(|n| n.node_port)
+                != self
+                    .programmed
+                    .values()
+                    .flatten()
+                    .find(|o| o.key() == *k)
+                    .and_then(|o| o.node_port)
+        });
         let res = self.programmer.update(&changed);
         match &res {
             Ok(_) => {
@@ -162,6 +219,9 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
                     } else {
                         self.programmed.insert(id, lbs);
                     }
+                }
+                if node_ports_changed {
+                    self.check_clashes();
                 }
             }
             // The next sync reads everything again.
