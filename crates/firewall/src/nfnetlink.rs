@@ -255,6 +255,12 @@ impl NfNetlink {
             NLM_F_REQUEST,
             end,
         );
+        // A batch goes in one datagram, which must fit the send buffer: a full sync of many
+        // services can exceed the default one.
+        if buf.len() + 65536 > SOCK_BUF as usize {
+            let want = libc::c_int::try_from(buf.len() + 65536).unwrap_or(libc::c_int::MAX);
+            setsockopt_int(&self.sock, libc::SO_SNDBUFFORCE, want)?;
+        }
         self.sock.send(&buf, 0)?;
         // An error may name any message of the batch, BATCH_BEGIN and BATCH_END included.
         let ours = |s: u32| s == begin || s == end || data_seqs.contains(&s);
