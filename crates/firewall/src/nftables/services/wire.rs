@@ -251,7 +251,7 @@ mod tests {
         );
         assert_eq!(
             node_port_key(Proto::Udp, 30053),
-            [17, 0, 0, 0, 0x75, 0x45, 0, 0]
+            [17, 0, 0, 0, 0x75, 0x65, 0, 0]
         );
     }
 }
