@@ -88,6 +88,11 @@ impl Agent {
         }
     }
 
+    /// The agent's PID (e.g. for /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     /// Everything the agent printed so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -1,8 +1,9 @@
 //! Watching a namespace change: every route and neighbour notification its kernel sends
 //! ([`RouteMonitor`], [`NeighMonitor`]: an rtnetlink socket opened inside it, read on a
 //! thread of its own, each event timestamped as it arrives, so a test sees every route added
-//! or removed, not just samples), periodic samples of the agent's routes ([`RouteSampler`]),
-//! and interface counters ([`LinkStats`]).
+//! or removed, not just samples), nftables set element notifications ([`NftMonitor`], the
+//! same on nfnetlink), periodic samples of the agent's routes ([`RouteSampler`]), and
+//! interface counters ([`LinkStats`]).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -276,6 +277,169 @@ impl NeighMonitor {
 /// Samples that missed a required route: (time since the sampler started, missing routes).
 pub type Misses = Vec<(Duration, Vec<String>)>;
 
+/// An nftables set or map element notification seen by an [`NftMonitor`] (one per element of
+/// an NFT_MSG_NEWSETELEM / NFT_MSG_DELSETELEM message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftElemEvent {
+    pub at: Instant,
+    /// NEWSETELEM (true) or DELSETELEM (false).
+    pub new: bool,
+    pub table: String,
+    pub set: String,
+    /// The element's key as the kernel holds it (concatenations padded to 4 bytes a field).
+    pub key: Vec<u8>,
+    /// A verdict map element's jump or goto target.
+    pub chain: Option<String>,
+}
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+/// NFNLGRP_NFTABLES, as a bind(2) group mask.
+const NFNLGRP_NFTABLES_MASK: u32 = 1 << (7 - 1);
+
+/// The attribute type without the NLA_F_NESTED / NLA_F_NET_BYTEORDER flags.
+fn nla_type(t: u16) -> u16 {
+    t & 0x3fff
+}
+
+/// A NUL-terminated netlink string attribute.
+fn nla_string(data: &[u8]) -> String {
+    let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// Parses the set element messages of one nfnetlink datagram.
+fn parse_nft_elems(buf: &[u8], at: Instant, out: &mut Vec<NftElemEvent>) {
+    for (ty, msg) in messages(buf) {
+        let (subsys, op) = (ty >> 8, ty & 0xff);
+        if subsys != NFNL_SUBSYS_NFTABLES || (op != NFT_MSG_NEWSETELEM && op != NFT_MSG_DELSETELEM)
+        {
+            continue;
+        }
+        let (mut table, mut set) = (String::new(), String::new());
+        let mut elems = Vec::new();
+        // struct nfgenmsg: 4 bytes.
+        for (aty, data) in attributes(msg, 4) {
+            match nla_type(aty) {
+                1 => table = nla_string(data),
+                2 => set = nla_string(data),
+                3 => elems.extend(attributes(data, 0).into_iter().map(|(_, e)| e)),
+                _ => {}
+            }
+        }
+        for e in elems {
+            let mut key = Vec::new();
+            let mut chain = None;
+            for (aty, data) in attributes(e, 0) {
+                match nla_type(aty) {
+                    // NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE }
+                    1 => {
+                        for (t, v) in attributes(data, 0) {
+                            if nla_type(t) == 1 {
+                                key = v.to_vec();
+                            }
+                        }
+                    }
+                    // NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT { CODE, CHAIN } }
+                    2 => {
+                        for (t, v) in attributes(data, 0) {
+                            if nla_type(t) == 2 {
+                                for (vt, vv) in attributes(v, 0) {
+                                    if nla_type(vt) == 2 {
+                                        chain = Some(nla_string(vv));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(NftElemEvent {
+                at,
+                new: op == NFT_MSG_NEWSETELEM,
+                table: table.clone(),
+                set: set.clone(),
+                key,
+                chain,
+            });
+        }
+    }
+}
+
+/// Listens to the nftables notifications of one namespace (nfnetlink group
+/// NFNLGRP_NFTABLES) and records every set element added or removed, with the time it was
+/// received: the kernel sends them once the transaction that made the change has
+/// committed, so nothing is polled. Stops on drop.
+pub struct NftMonitor(Listener<NftElemEvent>);
+
+impl NftMonitor {
+    /// Subscribed when this returns: every later element change in `ns` is recorded.
+    pub fn start(ns: &Netns) -> NftMonitor {
+        NftMonitor(Listener::start_on(
+            ns,
+            libc::NETLINK_NETFILTER,
+            NFNLGRP_NFTABLES_MASK,
+            "nftables",
+            parse_nft_elems,
+        ))
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<NftElemEvent> {
+        self.0.events()
+    }
+
+    /// How many events were recorded so far (to wait for later ones only).
+    pub fn count(&self) -> usize {
+        self.0
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// True if the kernel dropped notifications (ENOBUFS): the record is incomplete.
+    pub fn overflowed(&self) -> bool {
+        self.0.overflowed()
+    }
+
+    /// Waits for the first event after the first `skip` ones that satisfies `pred`.
+    pub fn wait_for(
+        &self,
+        skip: usize,
+        deadline: Instant,
+        pred: impl Fn(&NftElemEvent) -> bool,
+    ) -> Option<NftElemEvent> {
+        let (lock, cv) = &*self.0.notify;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let found = self
+                .0
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .skip(skip)
+                .find(|e| pred(e))
+                .cloned();
+            if found.is_some() {
+                return found;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            guard = cv
+                .wait_timeout(guard, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Samples `proto_routes(ns)` every `every` on a thread until stopped; for each sample,
 /// records which of `must_have` were missing.
 pub struct RouteSampler {
@@ -396,6 +560,17 @@ type Parser<E> = fn(&[u8], Instant, &mut Vec<E>);
 impl<E: Clone + Send + 'static> Listener<E> {
     /// Subscribed when this returns: every later notification in `ns` is recorded.
     fn start(ns: &Netns, groups: u32, what: &str, parse: Parser<E>) -> Listener<E> {
+        Listener::start_on(ns, libc::NETLINK_ROUTE, groups, what, parse)
+    }
+
+    /// [`Listener::start`] on a netlink `protocol` other than NETLINK_ROUTE.
+    fn start_on(
+        ns: &Netns,
+        protocol: libc::c_int,
+        groups: u32,
+        what: &str,
+        parse: Parser<E>,
+    ) -> Listener<E> {
         let file = ns
             .open()
             .unwrap_or_else(|e| panic!("open netns {}: {e}", ns.name()));
@@ -413,7 +588,7 @@ impl<E: Clone + Send + 'static> Listener<E> {
         let thread = std::thread::spawn(move || {
             let fd = match setns(&file, CloneFlags::CLONE_NEWNET)
                 .map_err(io::Error::from)
-                .and_then(|_| netlink_socket(groups))
+                .and_then(|_| netlink_socket(protocol, groups))
             {
                 Ok(fd) => {
                     let _ = tx.send(Ok(()));
@@ -488,15 +663,16 @@ impl<E> Drop for Listener<E> {
     }
 }
 
-/// A NETLINK_ROUTE socket bound to the multicast `groups`, in the caller's namespace, with a
-/// large receive buffer and a 100 ms receive timeout (so the reader sees its stop flag).
-fn netlink_socket(groups: u32) -> io::Result<OwnedFd> {
+/// A netlink socket of `protocol` bound to the multicast `groups`, in the caller's namespace,
+/// with a large receive buffer and a 100 ms receive timeout (so the reader sees its stop
+/// flag).
+fn netlink_socket(protocol: libc::c_int, groups: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscalls on a descriptor this function owns.
     unsafe {
         let fd = libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         );
         if fd < 0 {
             return Err(io::Error::last_os_error());

@@ -26,7 +26,7 @@ pub fn reachable(ns: &Netns, dst: &str) -> bool {
 
 /// Runs `f` on a fresh thread that entered `ns` (network namespace only) and returns its
 /// result. Sockets created inside `f` stay in `ns` and may be used from any thread.
-fn in_netns<T, F>(ns: &Netns, f: F) -> io::Result<T>
+pub fn in_netns<T, F>(ns: &Netns, f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
