@@ -553,3 +553,30 @@ fn a_udp_flow_moves_off_a_deleted_endpoint() {
     let tail = &answers[answers.len() - 10..];
     assert!(tail.iter().all(|a| *a == "shop/web-2"), "{answers:?}");
 }
+
+/// An agent whose status changes more often than every ttl/3 (here: a service added every
+/// 300 ms) still renews its 2 s lease: its node never reads as dead.
+#[test]
+fn a_busy_agent_keeps_its_lease() {
+    let mut w = World::with_agent_flags(1, &["--lease-ttl", "2"]);
+    w.endpoint(0, "shop/web-0", json!({"app": "web"}));
+    let node = w.rc.node(0);
+    for i in 0..20 {
+        w.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: churn-{i}, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: 8080}}]\n"
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        let nodes = w.rc.node_ls(0);
+        assert_eq!(
+            nodes[&node]["alive"],
+            json!(true),
+            "node read as dead after {i} changes\n{}",
+            w.rc.agent_logs()
+        );
+    }
+    assert!(
+        !w.rc.agent_logs().contains("heartbeat interrupted"),
+        "{}",
+        w.rc.agent_logs()
+    );
+}

@@ -82,9 +82,13 @@ async fn session(
     let _ = alive.send(true);
     crate::info!("lease granted", lease = lease, ttl = ttl);
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+    // One timer for the whole session: status writes must not postpone the renewal (a
+    // status that changed more often than every ttl/3 once let the lease expire).
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {
+            _ = renew.tick() => {
                 let left = keep.refresh().await?;
                 if left <= 0 {
                     return Err(reef_etcd::Error::Unavailable {
