@@ -251,14 +251,41 @@ impl Etcd {
         })
     }
 
-    /// Every key under `prefix` and the store revision they were read at.
+    /// Every key under `prefix` and the store revision they were read at. Read in pages at
+    /// that one revision: a cluster's whole state (10,000 services and their workloads is
+    /// 12 MB) is more than one gRPC message may carry (4 MiB).
     pub async fn list_prefix(&mut self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
-        let fut = self
-            .client
-            .get(prefix, Some(GetOptions::new().with_prefix()));
-        let mut r = bounded(&self.endpoints, "list", fut, self.tls_without_cert).await?;
-        let rev = r.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((r.take_kvs(), rev))
+        let end = prefix_end(prefix.as_bytes());
+        let mut from: Vec<u8> = prefix.as_bytes().to_vec();
+        let mut rev = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if rev != 0 {
+                opts = opts.with_revision(rev);
+            }
+            let fut = self.client.get(from.clone(), Some(opts));
+            let mut r = bounded(&self.endpoints, "list", fut, self.tls_without_cert).await?;
+            if rev == 0 {
+                rev = r.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            let more = r.more();
+            let kvs = r.take_kvs();
+            match kvs.last() {
+                Some(last) if more => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    out.extend(kvs);
+                    return Ok((out, rev));
+                }
+            }
+            out.extend(kvs);
+        }
     }
 
     /// Grants a lease of `ttl` seconds; returns its id.
@@ -369,13 +396,9 @@ impl Etcd {
         Ok(r.take_kvs().into_iter().next())
     }
 
+    /// Every key under `prefix` (paged, like [`Etcd::list_prefix`]).
     pub async fn get_prefix(&mut self, prefix: &str) -> Result<Vec<KeyValue>> {
-        let mut r = self
-            .client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(r.take_kvs())
+        Ok(self.list_prefix(prefix).await?.0)
     }
 
     pub async fn put(&mut self, key: &str, value: Vec<u8>) -> Result<i64> {
@@ -398,6 +421,22 @@ impl Etcd {
     pub async fn txn(&mut self, txn: Txn) -> Result<TxnResponse> {
         self.client.txn(txn).await.map_err(|e| self.err(e))
     }
+}
+
+/// Keys per page of a prefix list (well under 4 MiB for Reef's records).
+const LIST_PAGE: i64 = 2000;
+
+/// The end of the key range of `prefix` (etcd's `--prefix`): the prefix with its last byte
+/// below 0xff incremented; all of the key space when there is none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Transport failures and unavailable/deadline statuses are "try again later"; anything else
@@ -501,4 +540,16 @@ fn looks_like_tls_refusal(detail: &str) -> bool {
     ]
     .iter()
     .any(|w| d.contains(w))
+}
+
+#[cfg(test)]
+mod paging_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn the_range_of_a_prefix_ends_after_its_last_key() {
+        assert_eq!(prefix_end(b"/reef/"), b"/reef0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
 }
