@@ -133,7 +133,9 @@ pub fn dump(nl: &mut NfNetlink, v6: bool) -> io::Result<Vec<Entry>> {
     );
     let mut out = Vec::new();
     let errs = nl.exchange(vec![req], |_, m| {
-        if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = m.inner {
+        if let Some(NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs))) =
+            m.msg().map(|m| m.inner)
+        {
             out.extend(Entry::parse(&attrs));
         }
     })?;

@@ -79,9 +79,35 @@ enum Reply {
     },
     Data {
         seq: u32,
-        msg: NetfilterMessage,
+        msg: Data,
     },
 }
+
+/// A data message of a reply.
+pub(crate) enum Data {
+    /// Decoded by netlink-packet-netfilter.
+    Msg(NetfilterMessage),
+    /// NFT_MSG_NEWSETELEM, left raw (its attributes after the nfgenmsg header): the
+    /// crate's parser formats the whole datagram into an error context for every element,
+    /// success or not, which made a dump of 100,000 elements take minutes
+    /// (`objects::parse_elements` reads it instead).
+    SetElements(Vec<u8>),
+}
+
+impl Data {
+    /// The decoded message, if this is one.
+    pub(crate) fn msg(self) -> Option<NetfilterMessage> {
+        match self {
+            Data::Msg(m) => Some(m),
+            Data::SetElements(_) => None,
+        }
+    }
+}
+
+/// `(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM`.
+const NEWSETELEM: u16 = (10 << 8) | 12;
+/// Netlink header and nfgenmsg.
+const HEADERS: usize = 16 + 4;
 
 /// Splits a receive buffer into replies. A data message the crate cannot decode is skipped
 /// (nothing Reef asks for), a truncated buffer is an error.
@@ -99,7 +125,14 @@ fn replies(buf: &[u8]) -> io::Result<Vec<Reply>> {
             ));
         }
         let end = (off + len).min(buf.len());
-        if let Ok(m) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..end]) {
+        let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if kind == NEWSETELEM && end - off >= HEADERS {
+            let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+            out.push(Reply::Data {
+                seq,
+                msg: Data::SetElements(buf[off + HEADERS..end].to_vec()),
+            });
+        } else if let Ok(m) = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..end]) {
             let seq = m.header.sequence_number;
             match m.payload {
                 NetlinkPayload::Error(e) => out.push(Reply::Ack {
@@ -107,7 +140,10 @@ fn replies(buf: &[u8]) -> io::Result<Vec<Reply>> {
                     errno: e.raw_code().abs(),
                 }),
                 NetlinkPayload::Done(_) => out.push(Reply::Done { seq }),
-                NetlinkPayload::InnerMessage(msg) => out.push(Reply::Data { seq, msg }),
+                NetlinkPayload::InnerMessage(msg) => out.push(Reply::Data {
+                    seq,
+                    msg: Data::Msg(msg),
+                }),
                 _ => {}
             }
         }
@@ -165,7 +201,7 @@ impl NfNetlink {
     pub(crate) fn exchange(
         &mut self,
         reqs: Vec<Request>,
-        mut on_msg: impl FnMut(usize, NetfilterMessage),
+        mut on_msg: impl FnMut(usize, Data),
     ) -> io::Result<Vec<i32>> {
         let mut out = Vec::with_capacity(reqs.len());
         let mut reqs = reqs.into_iter().peekable();
@@ -180,7 +216,7 @@ impl NfNetlink {
     fn exchange_chunk(
         &mut self,
         reqs: Vec<Request>,
-        mut on_msg: impl FnMut(usize, NetfilterMessage),
+        mut on_msg: impl FnMut(usize, Data),
     ) -> io::Result<Vec<i32>> {
         let mut buf = Vec::with_capacity(128 * reqs.len());
         let mut seqs = Vec::with_capacity(reqs.len());

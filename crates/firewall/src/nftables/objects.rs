@@ -3,13 +3,13 @@
 //! lookups and dumps, rule dumps. Keys and map data are raw register images (see
 //! `portmap::wire` for the concatenation layout); element userdata holds nft's comment.
 
-use crate::nfnetlink::{NfNetlink, Request};
+use crate::nfnetlink::{Data, NfNetlink, Request};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, NfTablesMessage, RuleAttribute, RuleMessage, SetElementAttribute,
     SetElementList, SetElementMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
 };
-use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+use netlink_packet_netfilter::NetfilterMessageInner;
 use std::io;
 use std::net::IpAddr;
 
@@ -89,36 +89,76 @@ fn elem_list(table: &str, set: &str, elems: &[Elem], with_values: bool) -> SetEl
     }
 }
 
-/// The elements of a NEWSETELEM reply.
-fn parse_elements(msg: NetfilterMessage) -> Vec<Elem> {
-    let NetfilterMessageInner::NfTables(NfTablesMessage::NewSetElement(m)) = msg.inner else {
+/// The attributes of a netlink attribute stream: (type without flag bits, payload).
+fn nlas(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([buf[0], buf[1]]));
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+// linux/netfilter/nf_tables.h
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+fn value(nested: &[u8]) -> Option<Vec<u8>> {
+    nlas(nested)
+        .find(|(k, _)| *k == NFTA_DATA_VALUE)
+        .map(|(_, v)| v.to_vec())
+}
+
+/// The elements of a NEWSETELEM reply (its attributes, raw: see `nfnetlink::Data`).
+fn parse_elements(msg: Data) -> Vec<Elem> {
+    let Data::SetElements(raw) = msg else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for a in m.attributes {
-        let SetElementList::Elements(list) = a else {
+    for (kind, list) in nlas(&raw) {
+        if kind != NFTA_SET_ELEM_LIST_ELEMENTS {
             continue;
-        };
-        for el in list {
-            let ListAttribute::Element(attrs) = el else {
+        }
+        for (kind, attrs) in nlas(list) {
+            if kind != NFTA_LIST_ELEM {
                 continue;
-            };
+            }
             let mut e = Elem::default();
             let mut has_key = false;
-            for a in attrs {
-                match a {
-                    SetElementAttribute::Key(DataAttribute::Value(k)) => {
-                        e.key = k;
-                        has_key = true;
+            for (kind, v) in nlas(attrs) {
+                match kind {
+                    NFTA_SET_ELEM_KEY => {
+                        if let Some(k) = value(v) {
+                            e.key = k;
+                            has_key = true;
+                        }
                     }
-                    SetElementAttribute::Data(DataAttribute::Value(d)) => e.data = Some(d),
-                    SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
-                        e.jump = v.into_iter().find_map(|a| match a {
-                            VerdictAttribute::Chain(c) => Some(c),
-                            _ => None,
-                        })
+                    NFTA_SET_ELEM_DATA => {
+                        e.data = value(v);
+                        e.jump = nlas(v)
+                            .find(|(k, _)| *k == NFTA_DATA_VERDICT)
+                            .and_then(|(_, verdict)| {
+                                nlas(verdict).find(|(k, _)| *k == NFTA_VERDICT_CHAIN)
+                            })
+                            .map(|(_, c)| {
+                                String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or(c))
+                                    .into_owned()
+                            });
                     }
-                    SetElementAttribute::UserData(u) => e.udata = Some(u),
+                    NFTA_SET_ELEM_USERDATA => e.udata = Some(v.to_vec()),
                     _ => {}
                 }
             }
@@ -185,8 +225,8 @@ impl NfNetlink {
         let mut saw = false;
         let errs = self.exchange(vec![req], |_, m| {
             saw |= matches!(
-                m.inner,
-                NetfilterMessageInner::NfTables(NfTablesMessage::NewTable(_))
+                m.msg().map(|m| m.inner),
+                Some(NetfilterMessageInner::NfTables(NfTablesMessage::NewTable(_)))
             )
         })?;
         match errs.first().copied().unwrap_or(0) {
@@ -332,7 +372,9 @@ impl NfNetlink {
         );
         let mut out = Vec::new();
         let errs = self.exchange(vec![req], |_, m| {
-            if let NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)) = m.inner {
+            if let Some(NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r))) =
+                m.msg().map(|m| m.inner)
+            {
                 // Keep only this chain's rules, whatever the kernel's dump filter did.
                 let ours = |a: &RuleAttribute| match a {
                     RuleAttribute::Table(t) => t == table,
@@ -400,7 +442,7 @@ pub fn udata_comment(udata: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{Emitable, Parseable};
+    use netlink_packet_core::Emitable;
 
     #[test]
     fn comment_roundtrip_matches_nft_layout() {
@@ -417,30 +459,28 @@ mod tests {
     }
 
     #[test]
-    fn element_message_parses_back() {
+    fn element_messages_parse_back() {
         let e = Elem {
             key: vec![6, 0, 0, 0, 0x1f, 0x90, 0, 0],
             data: Some(vec![10, 1, 0, 2, 0, 80, 0, 0]),
             udata: Some(comment_udata("x")),
             jump: None,
         };
-        let m = elem_list("t", "s", std::slice::from_ref(&e), true);
+        let v = Elem {
+            key: vec![10, 96, 0, 1],
+            jump: Some("lb-3".into()),
+            ..Elem::default()
+        };
+        // What the kernel sends back is what we send: the same attributes.
+        let m = elem_list("t", "s", &[e.clone(), v.clone()], true);
         let mut buf = vec![0u8; m.attributes.as_slice().buffer_len()];
         m.attributes.as_slice().emit(&mut buf);
-        let back = SetElementMessage::parse(&buf[..]).unwrap();
-        let msg = NetfilterMessage::new(
-            netlink_packet_netfilter::NetfilterHeader::new(
-                netlink_packet_netfilter::NetfilterProtoFamily::Inet,
-                0,
-                0,
-            ),
-            NfTablesMessage::NewSetElement(back),
-        );
-        let elems = parse_elements(msg);
-        assert_eq!(elems, vec![e]);
+        let elems = parse_elements(Data::SetElements(buf));
+        assert_eq!(elems, vec![e, v]);
         assert_eq!(
             udata_comment(elems[0].udata.as_deref().unwrap_or(&[])).as_deref(),
             Some("x")
         );
+        assert!(parse_elements(Data::SetElements(vec![1, 2, 3])).is_empty());
     }
 }
