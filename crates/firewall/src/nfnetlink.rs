@@ -127,7 +127,8 @@ fn replies(buf: &[u8]) -> io::Result<Vec<Reply>> {
         let end = (off + len).min(buf.len());
         let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
         if kind == NEWSETELEM && end - off >= HEADERS {
-            let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+            let seq =
+                u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
             out.push(Reply::Data {
                 seq,
                 msg: Data::SetElements(buf[off + HEADERS..end].to_vec()),

@@ -226,7 +226,9 @@ impl NfNetlink {
         let errs = self.exchange(vec![req], |_, m| {
             saw |= matches!(
                 m.msg().map(|m| m.inner),
-                Some(NetfilterMessageInner::NfTables(NfTablesMessage::NewTable(_)))
+                Some(NetfilterMessageInner::NfTables(NfTablesMessage::NewTable(
+                    _
+                )))
             )
         })?;
         match errs.first().copied().unwrap_or(0) {

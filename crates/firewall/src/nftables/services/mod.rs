@@ -72,14 +72,22 @@ const MAPS: [&str; 9] = [
 /// A service port's identity.
 pub type ServiceKey = (IpAddr, Proto, u16);
 
+/// An element's value, inline: every data value of the table is 8 bytes (pod . port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
     Set,
-    Data(Vec<u8>),
+    Data([u8; 8]),
     Jump(String),
 }
 
 impl Value {
+    fn data(d: &[u8]) -> Value {
+        let mut v = [0u8; 8];
+        let n = d.len().min(8);
+        v[..n].copy_from_slice(&d[..n]);
+        Value::Data(v)
+    }
+
     fn elem(&self, key: &[u8]) -> Elem {
         let mut e = Elem {
             key: key.to_vec(),
@@ -87,7 +95,7 @@ impl Value {
         };
         match self {
             Value::Set => {}
-            Value::Data(d) => e.data = Some(d.clone()),
+            Value::Data(d) => e.data = Some(d.to_vec()),
             Value::Jump(c) => e.jump = Some(c.clone()),
         }
         e
@@ -96,14 +104,103 @@ impl Value {
     fn of(e: &Elem) -> Value {
         match (&e.data, &e.jump) {
             (_, Some(c)) => Value::Jump(c.clone()),
-            (Some(d), None) => Value::Data(d.clone()),
+            (Some(d), None) if d.len() == 8 => Value::data(d),
+            // Not a value this table holds: never equal to a wanted one, so it is replaced.
+            (Some(_), None) => Value::Jump(String::new()),
             (None, None) => Value::Set,
         }
     }
 }
 
-/// One element: map (or set) and key.
-type Slot = (&'static str, Vec<u8>);
+/// One element: its map (index into [`MAPS`]) and key, inline (keys are at most 16 bytes),
+/// so the picture of 100,000 elements holds no per-key allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Slot {
+    map: u8,
+    len: u8,
+    key: [u8; 16],
+}
+
+impl Slot {
+    fn new(map: &'static str, key: &[u8]) -> Slot {
+        let mut k = [0u8; 16];
+        let n = key.len().min(16);
+        k[..n].copy_from_slice(&key[..n]);
+        Slot {
+            map: MAPS.iter().position(|m| *m == map).unwrap_or(0) as u8,
+            len: n as u8,
+            key: k,
+        }
+    }
+
+    fn map(&self) -> &'static str {
+        MAPS[usize::from(self.map)]
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.key[..usize::from(self.len)]
+    }
+}
+
+/// Who needs an element: nearly always one service port.
+#[derive(Debug, Clone)]
+enum Owners {
+    One(ServiceKey, Value),
+    Many(BTreeMap<ServiceKey, Value>),
+}
+
+impl Owners {
+    /// The value installed: the first owner's.
+    fn value(&self) -> &Value {
+        match self {
+            Owners::One(_, v) => v,
+            Owners::Many(m) => m.values().next().unwrap_or(&Value::Set),
+        }
+    }
+
+    fn insert(&mut self, key: ServiceKey, v: Value) {
+        match self {
+            Owners::One(k, old) if *k == key => *old = v,
+            Owners::One(k, old) => {
+                let mut m = BTreeMap::new();
+                m.insert(*k, old.clone());
+                m.insert(key, v);
+                *self = Owners::Many(m);
+            }
+            Owners::Many(m) => {
+                m.insert(key, v);
+            }
+        }
+    }
+
+    /// Removes `key`; true when nobody is left.
+    fn remove(&mut self, key: &ServiceKey) -> bool {
+        match self {
+            Owners::One(k, _) => k == key,
+            Owners::Many(m) => {
+                m.remove(key);
+                if m.len() == 1 {
+                    if let Some((k, v)) = m.pop_first() {
+                        *self = Owners::One(k, v);
+                    }
+                }
+                m_is_empty(self)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        match self {
+            Owners::One(..) => 1,
+            Owners::Many(m) => m.len(),
+        }
+    }
+}
+
+fn m_is_empty(o: &Owners) -> bool {
+    matches!(o, Owners::Many(m) if m.is_empty())
+}
 
 /// The elements one service port needs. IPv6 VIPs are not programmed yet (the table is `ip`).
 fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
@@ -115,33 +212,39 @@ fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
         IpAddr::V6(_) => None,
     };
     let eps: Vec<(Ipv4Addr, u16)> = lb.endpoints.iter().filter_map(v4).collect();
-    let mut out: Vec<(Slot, Value)> = vec![(("vips", wire::vip_key(vip)), Value::Set)];
+    let mut out: Vec<(Slot, Value)> = vec![(Slot::new("vips", &wire::vip_key(vip)), Value::Set)];
     if !eps.is_empty() {
         out.push((
-            ("services", wire::service_key(vip, lb.proto, lb.port)),
+            Slot::new("services", &wire::service_key(vip, lb.proto, lb.port)),
             Value::Jump(wire::lb_chain(eps.len())),
         ));
         for (slot, (ip, port)) in eps.iter().enumerate() {
             out.push((
-                (
+                Slot::new(
                     "endpoints",
-                    wire::endpoint_key(vip, lb.proto, lb.port, slot as u32),
+                    &wire::endpoint_key(vip, lb.proto, lb.port, slot as u32),
                 ),
-                Value::Data(wire::endpoint_data(*ip, *port)),
+                Value::data(&wire::endpoint_data(*ip, *port)),
             ));
-            out.push((("hairpin", wire::hairpin_key(*ip)), Value::Set));
+            out.push((Slot::new("hairpin", &wire::hairpin_key(*ip)), Value::Set));
         }
         if let Some(t) = lb.affinity_timeout {
             out.push((
-                ("aff-services", wire::service_key(vip, lb.proto, lb.port)),
+                Slot::new("aff-services", &wire::service_key(vip, lb.proto, lb.port)),
                 Value::Jump(wire::aff_chain(t)),
             ));
         }
     }
     if let Some(np) = lb.node_port {
-        out.push((("np-all", wire::node_port_key(lb.proto, np)), Value::Set));
+        out.push((
+            Slot::new("np-all", &wire::node_port_key(lb.proto, np)),
+            Value::Set,
+        ));
         if !lb.node_port_local {
-            out.push((("np-masq", wire::node_port_key(lb.proto, np)), Value::Set));
+            out.push((
+                Slot::new("np-masq", &wire::node_port_key(lb.proto, np)),
+                Value::Set,
+            ));
         }
         let np_eps: Vec<(Ipv4Addr, u16)> = lb
             .endpoints
@@ -151,16 +254,16 @@ fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
             .collect();
         if !np_eps.is_empty() {
             out.push((
-                ("nodeports", wire::node_port_key(lb.proto, np)),
+                Slot::new("nodeports", &wire::node_port_key(lb.proto, np)),
                 Value::Jump(wire::np_lb_chain(np_eps.len())),
             ));
             for (slot, (ip, port)) in np_eps.iter().enumerate() {
                 out.push((
-                    (
+                    Slot::new(
                         "np-endpoints",
-                        wire::node_port_endpoint_key(lb.proto, np, slot as u32),
+                        &wire::node_port_endpoint_key(lb.proto, np, slot as u32),
                     ),
-                    Value::Data(wire::endpoint_data(*ip, *port)),
+                    Value::data(&wire::endpoint_data(*ip, *port)),
                 ));
             }
         }
@@ -172,8 +275,9 @@ fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
 /// the kernel holds.
 #[derive(Debug, Default)]
 pub struct ServicesState {
-    programmed: HashMap<ServiceKey, (ServiceLb, Vec<(Slot, Value)>)>,
-    owners: HashMap<Slot, BTreeMap<ServiceKey, Value>>,
+    /// Per service port, as programmed (endpoints in slot order); re-rendered to undo it.
+    programmed: HashMap<ServiceKey, ServiceLb>,
+    owners: HashMap<Slot, Owners>,
     installed: HashMap<Slot, Value>,
     chains: BTreeSet<String>,
     /// The kernel was read and matches `installed`; false forces a full sync.
@@ -191,7 +295,7 @@ pub struct ServicesApplied {
 
 impl ServicesState {
     fn effective(&self, slot: &Slot) -> Option<&Value> {
-        self.owners.get(slot).and_then(|o| o.values().next())
+        self.owners.get(slot).map(Owners::value)
     }
 
     fn own(&mut self, key: ServiceKey, lb: Option<&ServiceLb>) -> Vec<Slot> {
@@ -199,7 +303,7 @@ impl ServicesState {
         // Endpoints keep their slots: one that leaves is replaced by the last one, new ones
         // go at the end, so a change rewrites as few elements as possible.
         let lb: Option<ServiceLb> = lb.map(|new| match self.programmed.get(&key) {
-            Some((old, _)) => {
+            Some(old) => {
                 let mut order = old.endpoints.clone();
                 let mut i = order.len();
                 while i > 0 {
@@ -221,11 +325,10 @@ impl ServicesState {
             None => new.clone(),
         });
         let lb = lb.as_ref();
-        if let Some((_, old)) = self.programmed.remove(&key) {
-            for (slot, _) in old {
+        if let Some(old) = self.programmed.remove(&key) {
+            for (slot, _) in render(&old) {
                 if let Some(o) = self.owners.get_mut(&slot) {
-                    o.remove(&key);
-                    if o.is_empty() {
+                    if o.remove(&key) {
                         self.owners.remove(&slot);
                     }
                 }
@@ -233,15 +336,16 @@ impl ServicesState {
             }
         }
         if let Some(lb) = lb {
-            let elems = render(lb);
-            for (slot, v) in &elems {
-                self.owners
-                    .entry(slot.clone())
-                    .or_default()
-                    .insert(key, v.clone());
-                touched.push(slot.clone());
+            for (slot, v) in render(lb) {
+                match self.owners.get_mut(&slot) {
+                    Some(o) => o.insert(key, v),
+                    None => {
+                        self.owners.insert(slot, Owners::One(key, v));
+                    }
+                }
+                touched.push(slot);
             }
-            self.programmed.insert(key, (lb.clone(), elems));
+            self.programmed.insert(key, lb.clone());
         }
         touched
     }
@@ -261,7 +365,7 @@ impl ServicesState {
                 .map_err(io("list service elements"))?
             {
                 let v = Value::of(&e);
-                self.installed.insert((m, e.key), v);
+                self.installed.insert(Slot::new(m, &e.key), v);
             }
         }
         self.chains.clear();
@@ -302,7 +406,7 @@ impl ServicesState {
         let mut jumps: BTreeSet<String> = BTreeSet::new();
         let mut seen = BTreeSet::new();
         for slot in slots {
-            if !seen.insert(slot.clone()) {
+            if !seen.insert(slot) {
                 continue;
             }
             let want = self.effective(&slot).cloned();
@@ -311,13 +415,13 @@ impl ServicesState {
                 continue;
             }
             if let Some(h) = have {
-                dels.entry(slot.0).or_default().push(h.elem(&slot.1));
+                dels.entry(slot.map()).or_default().push(h.elem(slot.key()));
             }
             if let Some(w) = &want {
                 if let Value::Jump(c) = w {
                     jumps.insert(c.clone());
                 }
-                adds.entry(slot.0).or_default().push(w.elem(&slot.1));
+                adds.entry(slot.map()).or_default().push(w.elem(slot.key()));
             }
             after.push((slot, want));
         }
@@ -368,7 +472,7 @@ impl ServicesState {
         let before: HashMap<ServiceKey, ServiceLb> = self
             .programmed
             .iter()
-            .map(|(k, (lb, _))| (*k, lb.clone()))
+            .map(|(k, lb)| (*k, lb.clone()))
             .collect();
         self.read_kernel(nl)?;
         self.programmed.clear();
@@ -382,7 +486,7 @@ impl ServicesState {
         let gone: Vec<(ServiceKey, LbEndpoint)> = before
             .iter()
             .flat_map(|(k, old)| {
-                let now = self.programmed.get(k).map(|(lb, _)| lb);
+                let now = self.programmed.get(k);
                 removed_endpoints(*k, old, now)
             })
             .collect();
@@ -409,7 +513,7 @@ impl ServicesState {
         let mut slots = Vec::new();
         let mut gone = Vec::new();
         for (k, lb) in changed {
-            if let Some((old, _)) = self.programmed.get(k) {
+            if let Some(old) = self.programmed.get(k) {
                 gone.extend(removed_endpoints(*k, old, lb.as_ref()));
             }
             slots.extend(self.own(*k, lb.as_ref()));
@@ -529,8 +633,8 @@ mod tests {
 
     fn maps(elems: &[(Slot, Value)]) -> BTreeMap<&'static str, usize> {
         let mut m = BTreeMap::new();
-        for ((name, _), _) in elems {
-            *m.entry(*name).or_default() += 1;
+        for (slot, _) in elems {
+            *m.entry(slot.map()).or_default() += 1;
         }
         m
     }
@@ -557,7 +661,7 @@ mod tests {
         );
         let jump = r
             .iter()
-            .find(|((m, _), _)| *m == "services")
+            .find(|(slot, _)| slot.map() == "services")
             .map(|(_, v)| v.clone());
         assert_eq!(jump, Some(Value::Jump("lb-2".into())));
         // No endpoints: only what makes it refuse (the VIP, the node port).
@@ -581,7 +685,7 @@ mod tests {
         let b = lb("10.96.0.10", 81, &[("10.1.0.2", true)]);
         s.own(a.key(), Some(&a));
         s.own(b.key(), Some(&b));
-        let vip: Slot = ("vips", wire::vip_key("10.96.0.10".parse().expect("ip")));
+        let vip = Slot::new("vips", &wire::vip_key("10.96.0.10".parse().expect("ip")));
         assert_eq!(s.owners[&vip].len(), 2);
         s.own(a.key(), None);
         assert_eq!(s.effective(&vip), Some(&Value::Set));
