@@ -90,6 +90,23 @@ fn a_full_sync_programs_the_table_and_a_resync_changes_nothing() {
         assert!(text.contains("10.96.0.10 . tcp . 80 : jump lb-2"), "{text}");
         assert!(!text.contains("10.96.0.10 . tcp . 80 . 2 :"), "{text}");
         assert!(text.contains("10.96.0.10 . udp . 53 : jump lb-1"), "{text}");
+        // A restarted agent reads the moved slots back: its full sync changes nothing.
+        let rest = vec![less.clone(), dns.clone(), all[2].clone()];
+        let mut third = driver(DriverKind::Nftables);
+        assert_eq!(
+            third
+                .sync_services(&rest)
+                .expect("restart after churn")
+                .changes,
+            0
+        );
+        assert_eq!(
+            again
+                .sync_services(&rest)
+                .expect("resync after churn")
+                .changes,
+            0
+        );
         // The service goes: its VIP stays while the UDP port still needs it.
         again
             .update_services(&[(web.key(), None)])

@@ -87,6 +87,18 @@ fn filter_info() -> u32 {
     (u32::from(GUARD_PRIORITY) << 16) | u32::from(ETH_P_IP.to_be())
 }
 
+/// The clsact qdisc of interface `index` (for adding or deleting it).
+fn clsact(index: u32) -> TcMessage {
+    let mut q = TcMessage::with_index(index as i32);
+    q.header.parent = TcHandle::CLSACT;
+    q.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
+    q.attributes.push(TcAttribute::Kind("clsact".into()));
+    q
+}
+
 fn guard_in(m: &TcMessage) -> Option<LoopbackGuard> {
     if m.header.info >> 16 != u32::from(GUARD_PRIORITY) {
         return None;
@@ -163,13 +175,7 @@ impl Netlink {
         previous_route_localnet: bool,
         exempt_mark: u32,
     ) -> Result<LoopbackGuard> {
-        let mut q = TcMessage::with_index(index as i32);
-        q.header.parent = TcHandle::CLSACT;
-        q.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        q.attributes.push(TcAttribute::Kind("clsact".into()));
+        let q = clsact(index);
         let created_qdisc = match self
             .tc_request(
                 RouteNetlinkMessage::NewQueueDiscipline(q),
@@ -262,13 +268,7 @@ impl Netlink {
     }
 
     async fn delete_clsact(&self, index: u32) -> Result<()> {
-        let mut q = TcMessage::with_index(index as i32);
-        q.header.parent = TcHandle::CLSACT;
-        q.header.handle = TcHandle {
-            major: 0xffff,
-            minor: 0,
-        };
-        q.attributes.push(TcAttribute::Kind("clsact".into()));
+        let q = clsact(index);
         self.tc_request(
             RouteNetlinkMessage::DelQueueDiscipline(q),
             NLM_F_ACK,

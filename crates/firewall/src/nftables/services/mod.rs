@@ -183,8 +183,9 @@ impl Owners {
                     if let Some((k, v)) = m.pop_first() {
                         *self = Owners::One(k, v);
                     }
+                    return false;
                 }
-                m_is_empty(self)
+                m.is_empty()
             }
         }
     }
@@ -196,10 +197,6 @@ impl Owners {
             Owners::Many(m) => m.len(),
         }
     }
-}
-
-fn m_is_empty(o: &Owners) -> bool {
-    matches!(o, Owners::Many(m) if m.is_empty())
 }
 
 /// The elements one service port needs. IPv6 VIPs are not programmed yet (the table is `ip`).
@@ -300,30 +297,7 @@ impl ServicesState {
 
     fn own(&mut self, key: ServiceKey, lb: Option<&ServiceLb>) -> Vec<Slot> {
         let mut touched = Vec::new();
-        // Endpoints keep their slots: one that leaves is replaced by the last one, new ones
-        // go at the end, so a change rewrites as few elements as possible.
-        let lb: Option<ServiceLb> = lb.map(|new| match self.programmed.get(&key) {
-            Some(old) => {
-                let mut order = old.endpoints.clone();
-                let mut i = order.len();
-                while i > 0 {
-                    i -= 1;
-                    if !new.endpoints.contains(&order[i]) {
-                        order.swap_remove(i);
-                    }
-                }
-                for e in &new.endpoints {
-                    if !order.contains(e) {
-                        order.push(*e);
-                    }
-                }
-                ServiceLb {
-                    endpoints: order,
-                    ..new.clone()
-                }
-            }
-            None => new.clone(),
-        });
+        let lb: Option<ServiceLb> = lb.map(|new| keep_slots(self.programmed.get(&key), new));
         let lb = lb.as_ref();
         if let Some(old) = self.programmed.remove(&key) {
             for (slot, _) in render(&old) {
@@ -348,6 +322,34 @@ impl ServicesState {
             self.programmed.insert(key, lb.clone());
         }
         touched
+    }
+
+    /// `lb` with its endpoints in the slot order the kernel's `endpoints` map holds them
+    /// (None when it holds none of them).
+    fn kernel_order(&self, lb: &ServiceLb) -> Option<ServiceLb> {
+        let IpAddr::V4(vip) = lb.vip else {
+            return None;
+        };
+        let mut order = Vec::new();
+        for slot in 0..lb.endpoints.len().max(1) * 2 {
+            let key = Slot::new(
+                "endpoints",
+                &wire::endpoint_key(vip, lb.proto, lb.port, slot as u32),
+            );
+            let Some(Value::Data(d)) = self.installed.get(&key) else {
+                break;
+            };
+            if let Some(e) = lb.endpoints.iter().find(|e| match e.ip {
+                IpAddr::V4(ip) => wire::endpoint_data(ip, e.port) == d[..],
+                IpAddr::V6(_) => false,
+            }) {
+                order.push(*e);
+            }
+        }
+        (!order.is_empty()).then(|| ServiceLb {
+            endpoints: order,
+            ..lb.clone()
+        })
     }
 
     /// Reads every element of the table into `installed` (creating the table if absent).
@@ -469,16 +471,18 @@ impl ServicesState {
     /// Makes the table exactly `all` (reading the kernel first): changes nothing when the
     /// kernel already matches.
     pub fn sync(&mut self, nl: &mut NfNetlink, all: &[ServiceLb]) -> Result<ServicesApplied> {
-        let before: HashMap<ServiceKey, ServiceLb> = self
-            .programmed
-            .iter()
-            .map(|(k, lb)| (*k, lb.clone()))
-            .collect();
+        let before = std::mem::take(&mut self.programmed);
         self.read_kernel(nl)?;
-        self.programmed.clear();
         self.owners.clear();
         for lb in all {
-            self.own(lb.key(), Some(lb));
+            // Slots as programmed before, or as the kernel holds them (a restarted agent):
+            // a resync after any churn then changes nothing.
+            let prev = before
+                .get(&lb.key())
+                .cloned()
+                .or_else(|| self.kernel_order(lb));
+            let ordered = keep_slots(prev.as_ref(), lb);
+            self.own(lb.key(), Some(&ordered));
         }
         let mut slots: Vec<Slot> = self.installed.keys().cloned().collect();
         slots.extend(self.owners.keys().cloned());
@@ -591,6 +595,31 @@ impl ServicesState {
             &format!("delete table ip {TABLE}"),
         )
         .map(|_| ())
+    }
+}
+
+/// `new` with its endpoints in `prev`'s slot order: one that left is replaced by the last
+/// one, new ones go at the end, so a change rewrites as few elements as possible.
+fn keep_slots(prev: Option<&ServiceLb>, new: &ServiceLb) -> ServiceLb {
+    let Some(prev) = prev else {
+        return new.clone();
+    };
+    let mut order = prev.endpoints.clone();
+    let mut i = order.len();
+    while i > 0 {
+        i -= 1;
+        if !new.endpoints.contains(&order[i]) {
+            order.swap_remove(i);
+        }
+    }
+    for e in &new.endpoints {
+        if !order.contains(e) {
+            order.push(*e);
+        }
+    }
+    ServiceLb {
+        endpoints: order,
+        ..new.clone()
     }
 }
 
