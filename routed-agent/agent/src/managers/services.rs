@@ -83,6 +83,17 @@ pub struct ServicesManager<P> {
     /// Node ports that a reef-portmap mapping on this host also claims (checked when node
     /// ports change), reported on every sync until they are gone.
     clashes: BTreeMap<String, Problem>,
+    /// Service ports and endpoints in `programmed` (kept with it: reported on every sync).
+    counts: (usize, usize),
+}
+
+/// (service ports, endpoints) of one service's entries.
+fn counts(lbs: &[ServiceLb]) -> (usize, usize) {
+    (lbs.len(), lbs.iter().map(|l| l.endpoints.len()).sum())
+}
+
+fn add(a: (usize, usize), b: (usize, usize)) -> (usize, usize) {
+    (a.0 + b.0, a.1 + b.1)
 }
 
 impl<P: ServicesProgrammer> ServicesManager<P> {
@@ -95,6 +106,7 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
             synced: false,
             routed: None,
             clashes: BTreeMap::new(),
+            counts: (0, 0),
         }
     }
 
@@ -145,13 +157,7 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
         }
         o.problems
             .extend(self.clashes.iter().map(|(k, p)| (k.clone(), p.clone())));
-        o.services = self.programmed.values().map(Vec::len).sum();
-        o.endpoints = self
-            .programmed
-            .values()
-            .flatten()
-            .map(|lb| lb.endpoints.len())
-            .sum();
+        (o.services, o.endpoints) = self.counts;
         o
     }
 
@@ -163,6 +169,11 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
             let res = self.programmer.sync_all(&flat);
             if res.is_ok() {
                 self.programmed = all;
+                self.counts = self
+                    .programmed
+                    .values()
+                    .map(|l| counts(l))
+                    .fold((0, 0), add);
                 self.synced = true;
                 self.check_clashes();
             }
@@ -179,6 +190,7 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
         }
         let mut changed: Vec<(ServiceKey, Option<ServiceLb>)> = Vec::new();
         let mut next: Vec<(String, Vec<ServiceLb>)> = Vec::new();
+        let mut node_ports_changed = false;
         for id in view.changed.affected(view) {
             let new = view
                 .services
@@ -186,6 +198,12 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
                 .map(|s| desired::lbs(view, s, &self.me))
                 .unwrap_or_default();
             let old = self.programmed.get(&id).cloned().unwrap_or_default();
+            let node_ports = |lbs: &[ServiceLb]| -> Vec<_> {
+                lbs.iter()
+                    .filter_map(|l| l.node_port.map(|p| (l.proto, p)))
+                    .collect()
+            };
+            node_ports_changed |= node_ports(&old) != node_ports(&new);
             for o in &old {
                 if !new.iter().any(|n| n.key() == o.key()) {
                     changed.push((o.key(), None));
@@ -201,19 +219,17 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
         if changed.is_empty() {
             return self.outcome(Ok(ServicesApplied::default()));
         }
-        let node_ports_changed = changed.iter().any(|(k, new)| {
-            new.as_ref().and_then(|n| n.node_port)
-                != self
-                    .programmed
-                    .values()
-                    .flatten()
-                    .find(|o| o.key() == *k)
-                    .and_then(|o| o.node_port)
-        });
         let res = self.programmer.update(&changed);
         match &res {
             Ok(_) => {
                 for (id, lbs) in next {
+                    let was = self
+                        .programmed
+                        .get(&id)
+                        .map(|l| counts(l))
+                        .unwrap_or((0, 0));
+                    self.counts = add(self.counts, counts(&lbs));
+                    self.counts = (self.counts.0 - was.0, self.counts.1 - was.1);
                     if lbs.is_empty() {
                         self.programmed.remove(&id);
                     } else {
