@@ -168,3 +168,26 @@ pub fn ifindex(ns: &Netns, dev: &str) -> u32 {
         .and_then(|l| l["ifindex"].as_u64())
         .unwrap_or_else(|| panic!("no device {dev} in {}", ns.name())) as u32
 }
+
+/// The elements of reef-portmap's maps in `host` as `nft list map` prints them, e.g.
+/// `tcp . 8080 comment "net/cid/eth0" : 10.1.0.2 . 80` (empty when the table is absent).
+pub fn portmap_elements(host: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in ["hostip4", "any4", "hostip6", "any6"] {
+        let text = host
+            .sh(&format!("nft list map inet reef-portmap {m} 2>/dev/null"))
+            .stdout;
+        let text = String::from_utf8_lossy(&text).replace('\n', " ");
+        let Some(start) = text.find("elements = {") else {
+            continue;
+        };
+        let body = &text[start + "elements = {".len()..];
+        let body = &body[..body.find('}').unwrap_or(body.len())];
+        out.extend(
+            body.split(',')
+                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|e| !e.is_empty()),
+        );
+    }
+    out
+}

@@ -2,34 +2,12 @@
 //! libcni, ADD, CHECK and DEL. Each test builds its own host and pod namespaces.
 
 use reef_tests::expect::*;
+use reef_tests::inspect::portmap_elements;
 use reef_tests::*;
 use serde_json::{json, Value};
 
 const IFNAME: &str = "eth0";
 const TABLE: &str = "reef-portmap";
-
-/// The elements of the table's maps as `nft list map` prints them (empty when the table
-/// is absent).
-fn elements(host: &Netns) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in ["hostip4", "any4", "hostip6", "any6"] {
-        let text = host
-            .sh(&format!("nft list map inet {TABLE} {m} 2>/dev/null"))
-            .stdout;
-        let text = String::from_utf8_lossy(&text).replace('\n', " ");
-        let Some(start) = text.find("elements = {") else {
-            continue;
-        };
-        let body = &text[start + "elements = {".len()..];
-        let body = &body[..body.find('}').unwrap_or(body.len())];
-        out.extend(
-            body.split(',')
-                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
-                .filter(|e| !e.is_empty()),
-        );
-    }
-    out
-}
 
 /// `-p 20000-20999:20000-20999`: 1,000 mappings for one pod ADD, CHECK and DEL through
 /// libcni, and DEL leaves none of them behind (a retried DEL succeeds too).
@@ -58,7 +36,7 @@ fn a_thousand_mappings_add_check_and_del_through_libcni() {
     let out = tool.add(&file, pod.path(), "range", IFNAME);
     let result = parse_stdout(&assert_success(&out, "cnitool add"), "cnitool add");
     let pod4 = result_ip(&result, false);
-    let els = elements(&env.host);
+    let els = portmap_elements(&env.host);
     assert_eq!(els.len(), 1000, "installed elements");
     assert!(els.iter().all(|e| e.contains(&pod4)), "{:?}", &els[..3]);
     assert_success(
@@ -71,7 +49,7 @@ fn a_thousand_mappings_add_check_and_del_through_libcni() {
             &format!("{attempt} cnitool del"),
         );
     }
-    assert_eq!(elements(&env.host), Vec::<String>::new());
+    assert_eq!(portmap_elements(&env.host), Vec::<String>::new());
 }
 
 /// What `tc filter show dev <dev> ingress` and `tc qdisc show dev <dev>` print.

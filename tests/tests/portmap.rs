@@ -218,29 +218,9 @@ fn add_bridge(w: &World, version: &str, net: &str, octet: u8, i: usize, cid: &st
         .clone()
 }
 
-/// The elements of the table's maps as `nft list map` prints them, e.g.
-/// `tcp . 8080 comment "net/cid/eth0" : 10.1.0.2 . 80` (empty when the table is absent).
+/// The elements of the table's maps (see `inspect::portmap_elements`).
 fn elements(w: &World) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in ["hostip4", "any4", "hostip6", "any6"] {
-        let text = w
-            .env
-            .host
-            .sh(&format!("nft list map inet {TABLE} {m} 2>/dev/null"))
-            .stdout;
-        let text = String::from_utf8_lossy(&text).replace('\n', " ");
-        let Some(start) = text.find("elements = {") else {
-            continue;
-        };
-        let body = &text[start + "elements = {".len()..];
-        let body = &body[..body.find('}').unwrap_or(body.len())];
-        out.extend(
-            body.split(',')
-                .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
-                .filter(|e| !e.is_empty()),
-        );
-    }
-    out
+    portmap_elements(&w.env.host)
 }
 
 /// Conntrack entries of the host namespace mentioning `needle`.

@@ -40,6 +40,7 @@ fn give_back_route_localnet(fw: &mut dyn reef_firewall::FirewallDriver) -> Resul
     if localnet::enabled_interfaces().is_empty() {
         return Ok(());
     }
+    // Read again under the lock: another call may have changed them meanwhile.
     let _lock = localnet::Lock::take()?;
     localnet::release(fw, &localnet::enabled_interfaces())?;
     Ok(())
