@@ -745,6 +745,15 @@ fn full_sync(knobs: &Knobs) -> (Reef, SyncFigures) {
         f.services_map
     );
 
+    // The agent's own split of the sync: list+decode and programming.
+    for l in reef
+        .rc
+        .agent_logs()
+        .lines()
+        .filter(|l| l.contains("msg=synced"))
+    {
+        println!("  agent: {l}");
+    }
     (reef, f)
 }
 

@@ -132,17 +132,17 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
     if registry::register_node(&mut etcd, &st.record, !st.vtep_known).await? {
         info!("node registered", node = st.record.name);
     }
-    let (kvs, rev) = etcd.list_prefix(PREFIX).await?;
-    let mut view = ClusterView::from_kvs(kvs.iter().map(|kv| {
-        (
-            std::str::from_utf8(kv.key()).unwrap_or_default(),
-            kv.value(),
-        )
-    }));
-    // The listed records are in the view now; the raw list (12 MB at 10,000 services) is
-    // not kept for the session's lifetime.
-    drop(kvs);
+    let listing = Instant::now();
+    let (mut view, rev) = list_view(&mut etcd).await?;
+    let programming = Instant::now();
     reconcile(st, &mut etcd, &mut view, true).await?;
+    info!(
+        "synced",
+        services = view.services.len(),
+        workloads = view.workloads.len(),
+        list_ms = (programming - listing).as_millis(),
+        program_ms = programming.elapsed().as_millis()
+    );
     if !st.ready {
         // Ready means: routes reconciled and liveness visible to the cluster.
         let mut alive = st.alive.clone();
@@ -170,10 +170,44 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
                     reconcile(st, &mut etcd, &mut view, false).await?;
                 }
             }
-            _ = resync.tick() => reconcile(st, &mut etcd, &mut view, true).await?,
+            _ = resync.tick() => {
+                // Label values of pods long gone.
+                view.names.prune();
+                reconcile(st, &mut etcd, &mut view, true).await?
+            }
             _ = retry.tick(), if st.retry => reconcile(st, &mut etcd, &mut view, false).await?,
         }
     }
+}
+
+/// The cluster view from one list of `/reef/`. Pages are decoded on a thread of their own
+/// while the next one is read (at 10,000 services, reading and decoding take about as long
+/// as each other), and each page's raw records are dropped once decoded.
+async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> {
+    let (pages, decode) = std::sync::mpsc::channel::<Vec<reef_etcd::KeyValue>>();
+    let builder = std::thread::Builder::new()
+        .name("view".into())
+        .spawn(move || {
+            let mut view = ClusterView::default();
+            for page in decode {
+                for kv in &page {
+                    view.apply(
+                        std::str::from_utf8(kv.key()).unwrap_or_default(),
+                        Some(kv.value()),
+                    );
+                }
+            }
+            view
+        })
+        .map_err(SessionError::Thread)?;
+    let listed = etcd
+        .list_prefix_pages(PREFIX, |page| {
+            let _ = pages.send(page);
+        })
+        .await;
+    drop(pages);
+    let view = builder.join().map_err(|_| SessionError::ViewPanicked)?;
+    Ok((view, listed?))
 }
 
 impl State {

@@ -19,6 +19,12 @@ pub enum SessionError {
     /// etcd failed or went away (connect, list, watch, node record).
     #[error(transparent)]
     Etcd(#[from] reef_etcd::Error),
+    /// The thread that decodes the listed records could not start.
+    #[error("start the view thread: {0}")]
+    Thread(std::io::Error),
+    /// The thread that decodes the listed records panicked (a bug: decoding never panics).
+    #[error("the view thread panicked")]
+    ViewPanicked,
     /// A manager could not reach the kernel at all (not a per-node problem).
     #[error("{manager}: {source}")]
     Manager {

@@ -2,14 +2,16 @@
 //! borrowed addresses, live agents, services and workloads (their endpoints), built from one
 //! list and kept current by watch events.
 
-use crate::desired::services::{Changed, EndpointIndex};
+use crate::desired::endpoints::{EndpointIndex, Interner, Name, Workload};
+use crate::desired::services::Changed;
 use reef_schema::services::SERVICES;
 use reef_schema::{
-    AgentStatus, Block, BorrowedRecord, ClusterConfig, NodeRecord, Service, WorkloadRecord, AGENTS,
-    BLOCKS, BORROWED, CONFIG_KEY, NODES, WORKLOADS,
+    AgentStatus, Block, BorrowedRecord, ClusterConfig, NodeRecord, Service, AGENTS, BLOCKS,
+    BORROWED, CONFIG_KEY, NODES, WORKLOADS,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
@@ -22,8 +24,11 @@ pub struct ClusterView {
     pub agents: BTreeMap<String, AgentStatus>,
     /// Service key (`<namespace>/<name>`) -> service.
     pub services: BTreeMap<String, Service>,
-    /// Workload key (`<node>/<cid>/<ifname>`) -> workload: the candidates for endpoints.
-    pub workloads: BTreeMap<String, WorkloadRecord>,
+    /// Workload key (`<node>/<cid>/<ifname>`) -> what services need of it: the
+    /// candidates for endpoints.
+    pub workloads: HashMap<Name, Workload>,
+    /// The strings of `workloads` and of services' selectors, one copy each.
+    pub names: Interner,
     /// Workloads by label and node, services by selector term (kept with the two above).
     pub index: EndpointIndex,
     /// What changed for services since the loop last cleared it (after each reconcile).
@@ -104,14 +109,24 @@ impl ClusterView {
             if old == new.as_ref() {
                 return Touched::Nothing;
             }
-            self.index.service_changed(id, old, new.as_ref());
+            self.index
+                .service_changed(id, old, new.as_ref(), &mut self.names);
             self.changed.services.insert(id.to_string());
             set(&mut self.services, id.to_string(), new);
             return Touched::Services;
         }
         if let Some(id) = key.strip_prefix(WORKLOADS) {
-            let new: Option<WorkloadRecord> = value.and_then(|v| decode(key, v));
-            let old = self.workloads.get(id);
+            let new = value.and_then(|v| match Workload::decode(v, &mut self.names) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    crate::warn!("ignoring undecodable record", key = key, error = e);
+                    None
+                }
+            });
+            let (id, old) = match self.workloads.get_key_value(id) {
+                Some((k, w)) => (Arc::clone(k), Some(w)),
+                None => (Name::from(id), None),
+            };
             if old == new.as_ref() {
                 return Touched::Nothing;
             }
@@ -120,8 +135,15 @@ impl ClusterView {
                 let ids = self.index.services_selecting(w);
                 self.changed.selecting.extend(ids);
             }
-            self.index.workload_changed(id, old, new.as_ref());
-            set(&mut self.workloads, id.to_string(), new);
+            self.index.workload_changed(&id, old, new.as_ref());
+            match new {
+                Some(w) => {
+                    self.workloads.insert(id, w);
+                }
+                None => {
+                    self.workloads.remove(&id);
+                }
+            }
             return Touched::Services;
         }
         if let Some(name) = key.strip_prefix(AGENTS) {

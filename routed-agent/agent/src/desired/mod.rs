@@ -7,6 +7,7 @@
 //! for each of our own blocks, so a packet for an unused address of our block is dropped here
 //! instead of following the default route back out. Our own pods' /32s are the CNI plugin's.
 
+pub mod endpoints;
 pub mod nat;
 pub mod services;
 pub mod trust;

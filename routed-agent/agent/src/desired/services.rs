@@ -3,117 +3,13 @@
 //!
 //! Endpoints are the workloads of the service's namespace whose labels match its selector,
 //! on nodes whose agent is alive (a node whose lease expired stops getting new
-//! connections everywhere; back when it returns). Finding them must not scan every workload
-//! for every service (10,000 services over 50,000 pods), so [`EndpointIndex`] keeps, per
-//! namespace and `key=value` label, the workloads carrying it, and per node its workloads;
-//! the view maintains it as records come and go.
+//! connections everywhere; back when it returns), found through the view's
+//! [`EndpointIndex`](super::endpoints::EndpointIndex) without scanning every workload.
 
 use crate::view::ClusterView;
 use reef_firewall::{LbEndpoint, Proto, ServiceLb};
-use reef_schema::{Protocol, Service, ServiceType, TrafficPolicy, WorkloadRecord};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-/// `(namespace, label key, label value)`.
-type Term = (String, String, String);
-
-/// Workloads by label and by node, and services by selector term.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EndpointIndex {
-    by_label: HashMap<Term, BTreeSet<String>>,
-    by_node: HashMap<String, BTreeSet<String>>,
-    by_term: HashMap<Term, BTreeSet<String>>,
-}
-
-fn namespace(w: &WorkloadRecord) -> &str {
-    w.namespace.as_deref().unwrap_or("default")
-}
-
-fn terms_of(w: &WorkloadRecord) -> impl Iterator<Item = Term> + '_ {
-    w.labels
-        .iter()
-        .map(|(k, v)| (namespace(w).to_string(), k.clone(), v.clone()))
-}
-
-fn selector_terms(s: &Service) -> impl Iterator<Item = Term> + '_ {
-    s.selector
-        .iter()
-        .map(|(k, v)| (s.namespace.clone(), k.clone(), v.clone()))
-}
-
-fn remove_from<K: std::hash::Hash + Eq>(m: &mut HashMap<K, BTreeSet<String>>, k: K, id: &str) {
-    if let Some(set) = m.get_mut(&k) {
-        set.remove(id);
-        if set.is_empty() {
-            m.remove(&k);
-        }
-    }
-}
-
-impl EndpointIndex {
-    pub fn workload_changed(
-        &mut self,
-        id: &str,
-        old: Option<&WorkloadRecord>,
-        new: Option<&WorkloadRecord>,
-    ) {
-        if let Some(o) = old {
-            for t in terms_of(o) {
-                remove_from(&mut self.by_label, t, id);
-            }
-            remove_from(&mut self.by_node, o.node.clone(), id);
-        }
-        if let Some(n) = new {
-            for t in terms_of(n) {
-                self.by_label.entry(t).or_default().insert(id.to_string());
-            }
-            self.by_node
-                .entry(n.node.clone())
-                .or_default()
-                .insert(id.to_string());
-        }
-    }
-
-    pub fn service_changed(&mut self, id: &str, old: Option<&Service>, new: Option<&Service>) {
-        if let Some(o) = old {
-            for t in selector_terms(o) {
-                remove_from(&mut self.by_term, t, id);
-            }
-        }
-        if let Some(n) = new {
-            for t in selector_terms(n) {
-                self.by_term.entry(t).or_default().insert(id.to_string());
-            }
-        }
-    }
-
-    /// Workload ids that may match `s` (its rarest selector term's carriers).
-    fn candidates(&self, s: &Service) -> Vec<&String> {
-        let sets: Option<Vec<&BTreeSet<String>>> =
-            selector_terms(s).map(|t| self.by_label.get(&t)).collect();
-        match sets {
-            Some(sets) => sets
-                .into_iter()
-                .min_by_key(|set| set.len())
-                .map(|set| set.iter().collect())
-                .unwrap_or_default(),
-            None => Vec::new(), // a term no workload carries
-        }
-    }
-
-    /// Services that may select workload `w` (sharing at least one selector term).
-    pub fn services_selecting(&self, w: &WorkloadRecord) -> BTreeSet<String> {
-        terms_of(w)
-            .filter_map(|t| self.by_term.get(&t))
-            .flatten()
-            .cloned()
-            .collect()
-    }
-
-    /// Workload ids on `node`.
-    pub fn workloads_on(&self, node: &str) -> impl Iterator<Item = &String> {
-        self.by_node.get(node).into_iter().flatten()
-    }
-}
+use reef_schema::{Protocol, Service, ServiceType, TrafficPolicy};
+use std::collections::{BTreeMap, BTreeSet};
 
 fn proto(p: Protocol) -> Proto {
     match p {
@@ -129,13 +25,13 @@ pub fn lbs(view: &ClusterView, s: &Service, me: &str) -> Vec<ServiceLb> {
     };
     let mut pods: Vec<(std::net::IpAddr, bool)> = view
         .index
-        .candidates(s)
+        .candidates(s, &view.names)
         .into_iter()
         .filter_map(|id| view.workloads.get(id))
-        .filter(|w| namespace(w) == s.namespace && s.selects(&w.labels))
-        .filter(|w| view.agents.contains_key(&w.node))
+        .filter(|w| w.selected_by(s))
+        .filter(|w| view.agents.contains_key(&*w.node))
         .flat_map(|w| {
-            let local = w.node == me;
+            let local = *w.node == *me;
             w.ips
                 .iter()
                 .filter(|ip| ip.is_ipv4() == vip.is_ipv4())

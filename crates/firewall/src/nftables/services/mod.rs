@@ -16,7 +16,7 @@
 //!   map np-endpoints    { proto . port . slot : pod . port } (Local policy: local pods only)
 //!   set np-all          { proto . port }                     every node port
 //!   set np-masq         { proto . port }                     node ports of Cluster policy
-//!   set hairpin         { pod . pod }                        every endpoint
+//!   set hairpin         { pod . pod }                        every local endpoint
 //!   chain lb-N    { dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N map @endpoints }
 //!   chain np-lb-N { dnat ip to meta l4proto . th dport . numgen random mod N map @np-endpoints }
 //!   chain aff-T   { update @aff { ip saddr . ct original ip daddr . ... timeout Ts : ip daddr . th dport } }
@@ -49,7 +49,7 @@ use crate::conntrack::{self, Flow};
 use crate::nfnetlink::{NfNetlink, Request};
 use crate::rules::{LbEndpoint, Proto, ServiceLb};
 use crate::{Error, Result};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use wire::FAMILY;
 
@@ -133,6 +133,7 @@ impl Slot {
         }
     }
 
+    #[cfg(test)]
     fn map(&self) -> &'static str {
         MAPS[usize::from(self.map)]
     }
@@ -208,14 +209,18 @@ fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
         IpAddr::V4(a) => Some((a, e.port)),
         IpAddr::V6(_) => None,
     };
-    let eps: Vec<(Ipv4Addr, u16)> = lb.endpoints.iter().filter_map(v4).collect();
+    let eps: Vec<(Ipv4Addr, u16, bool)> = lb
+        .endpoints
+        .iter()
+        .filter_map(|e| v4(e).map(|(ip, port)| (ip, port, e.local)))
+        .collect();
     let mut out: Vec<(Slot, Value)> = vec![(Slot::new("vips", &wire::vip_key(vip)), Value::Set)];
     if !eps.is_empty() {
         out.push((
             Slot::new("services", &wire::service_key(vip, lb.proto, lb.port)),
             Value::Jump(wire::lb_chain(eps.len())),
         ));
-        for (slot, (ip, port)) in eps.iter().enumerate() {
+        for (slot, (ip, port, local)) in eps.iter().enumerate() {
             out.push((
                 Slot::new(
                     "endpoints",
@@ -223,7 +228,11 @@ fn render(lb: &ServiceLb) -> Vec<(Slot, Value)> {
                 ),
                 Value::data(&wire::endpoint_data(*ip, *port)),
             ));
-            out.push((Slot::new("hairpin", &wire::hairpin_key(*ip)), Value::Set));
+            // Only a pod of this host can reach itself through this host's table: a remote
+            // pod's own traffic is translated by its own host.
+            if *local {
+                out.push((Slot::new("hairpin", &wire::hairpin_key(*ip)), Value::Set));
+            }
         }
         if let Some(t) = lb.affinity_timeout {
             out.push((
@@ -402,30 +411,34 @@ impl ServicesState {
 
     /// Sends the difference between `installed` and the owners' values for `slots`.
     fn commit(&mut self, nl: &mut NfNetlink, slots: Vec<Slot>) -> Result<usize> {
-        let mut dels: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
-        let mut adds: BTreeMap<&'static str, Vec<Elem>> = BTreeMap::new();
+        // Per map (index into MAPS).
+        let mut dels: [Vec<Elem>; MAPS.len()] = Default::default();
+        let mut adds: [Vec<Elem>; MAPS.len()] = Default::default();
         let mut after: Vec<(Slot, Option<Value>)> = Vec::new();
         let mut jumps: BTreeSet<String> = BTreeSet::new();
-        let mut seen = BTreeSet::new();
+        let mut seen: HashSet<Slot> = HashSet::with_capacity(slots.len());
         for slot in slots {
             if !seen.insert(slot) {
                 continue;
             }
-            let want = self.effective(&slot).cloned();
+            let want = self.effective(&slot);
             let have = self.installed.get(&slot);
-            if want.as_ref() == have {
+            if want == have {
                 continue;
             }
+            let m = usize::from(slot.map);
             if let Some(h) = have {
-                dels.entry(slot.map()).or_default().push(h.elem(slot.key()));
+                dels[m].push(h.elem(slot.key()));
             }
-            if let Some(w) = &want {
+            if let Some(w) = want {
                 if let Value::Jump(c) = w {
-                    jumps.insert(c.clone());
+                    if !jumps.contains(c) {
+                        jumps.insert(c.clone());
+                    }
                 }
-                adds.entry(slot.map()).or_default().push(w.elem(slot.key()));
+                adds[m].push(w.elem(slot.key()));
             }
-            after.push((slot, want));
+            after.push((slot, want.cloned()));
         }
         if after.is_empty() {
             return Ok(0);
@@ -434,16 +447,19 @@ impl ServicesState {
         let mut reqs = self.chain_requests(nl, &jumps)?;
         let mut changes: Vec<ElemChange> = Vec::new();
         // Jumps go first on delete and last on add.
-        for m in MAPS.iter().rev() {
-            if let Some(e) = dels.get(m) {
-                changes.push(ElemChange::Del { set: m, elems: e });
+        for (m, name) in MAPS.iter().enumerate().rev() {
+            if !dels[m].is_empty() {
+                changes.push(ElemChange::Del {
+                    set: name,
+                    elems: &dels[m],
+                });
             }
         }
-        for m in MAPS {
-            if let Some(e) = adds.get(m) {
+        for (m, name) in MAPS.iter().enumerate() {
+            if !adds[m].is_empty() {
                 changes.push(ElemChange::Add {
-                    set: m,
-                    elems: e,
+                    set: name,
+                    elems: &adds[m],
                     exclusive: false,
                 });
             }
@@ -681,7 +697,7 @@ mod tests {
                 ("vips", 1),
                 ("services", 1),
                 ("endpoints", 2),
-                ("hairpin", 2),
+                ("hairpin", 1),
                 ("np-all", 1),
                 ("np-masq", 1),
                 ("nodeports", 1),
