@@ -5,7 +5,8 @@
 //! 198.18.1.0/24 underlay, or two subnets joined by a router, see [`Topology`], plus a real
 //! etcd host) initialised with `reefctl init`, a `reef-agent` process per host that asks for
 //! one ([`Agent`]), and pods: one namespace per pod, attached through libcni (`cnitool`, run
-//! inside the host namespace) with `reef-routed` and the cluster `reef-ipam`. Everything is
+//! inside the host namespace) with `reef-routed` (or `reef-bridge`, see
+//! [`RoutedCluster::with_plugin`]) and the cluster `reef-ipam`. Everything is
 //! owned by the value and torn down on drop, also when a test panics: agents first (SIGKILL
 //! by PID), then pods, the cluster (etcd, hosts, underlay) and the directories.
 //!
@@ -37,7 +38,31 @@ pub const IFNAME: &str = "eth0";
 pub const POOL: &str = "10.66.0.0/16";
 pub const BLOCK_PREFIX: u8 = 26;
 
-/// One pod attached with reef-routed.
+/// The main plugin a [`RoutedCluster`]'s pods are attached with; both take the same cluster
+/// `reef-ipam` section and the `labels` capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plugin {
+    /// reef-routed (the default).
+    Routed,
+    /// reef-bridge on a bridge of this name in every host (`isGateway`, `hairpinMode`).
+    Bridge(String),
+}
+
+impl Plugin {
+    fn conf(&self) -> Value {
+        match self {
+            Plugin::Routed => json!({"type": "reef-routed"}),
+            Plugin::Bridge(name) => json!({
+                "type": "reef-bridge",
+                "bridge": name,
+                "isGateway": true,
+                "hairpinMode": true,
+            }),
+        }
+    }
+}
+
+/// One pod attached with the cluster's [`Plugin`].
 #[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
@@ -56,6 +81,7 @@ pub struct RoutedCluster {
     pub cluster: Cluster,
     dirs: Vec<TempDir>,
     next_pod: usize,
+    plugin: Plugin,
 }
 
 impl RoutedCluster {
@@ -65,31 +91,40 @@ impl RoutedCluster {
         RoutedCluster::with(Topology::OneSubnet(hosts), "routed")
     }
 
+    /// Pods attach with `plugin` from now on (every host's conflist is rewritten): e.g.
+    /// `RoutedCluster::new(3).with_plugin(Plugin::Bridge("rbr0".into()))`.
+    pub fn with_plugin(mut self, plugin: Plugin) -> RoutedCluster {
+        self.plugin = plugin;
+        for i in 0..self.dirs.len() {
+            self.write_conflist(i);
+        }
+        self
+    }
+
     fn add_dir(&mut self) {
         let dir = tempdir();
-        let i = self.dirs.len();
-        let host = self.cluster.host(i);
         for sub in ["cni-cache", "ipam-cache"] {
             std::fs::create_dir_all(dir.path().join(sub))
                 .unwrap_or_else(|e| panic!("create {sub}: {e}"));
         }
-        let conf = json!({
-            "cniVersion": "1.0.0",
-            "name": NET,
-            "plugins": [{
-                "type": "reef-routed",
-                "capabilities": {"labels": true},
-                "ipam": {
-                    "type": "reef-ipam",
-                    "etcd": {"endpoints": [self.endpoint()]},
-                    "nodeName": host.name(),
-                    "dataDir": dir.path().join("ipam-cache").display().to_string(),
-                },
-            }],
-        });
-        write_conflist(dir.path(), &conf);
         self.dirs.push(dir);
         self.agents.push(None);
+        self.write_conflist(self.dirs.len() - 1);
+    }
+
+    /// Host `i`'s conflist: the cluster's plugin with the cluster reef-ipam.
+    fn write_conflist(&self, i: usize) {
+        let dir = self.dirs[i].path();
+        let mut plugin = self.plugin.conf();
+        plugin["capabilities"] = json!({"labels": true});
+        plugin["ipam"] = json!({
+            "type": "reef-ipam",
+            "etcd": {"endpoints": [self.endpoint()]},
+            "nodeName": self.host(i).name(),
+            "dataDir": dir.join("ipam-cache").display().to_string(),
+        });
+        let conf = json!({"cniVersion": "1.0.0", "name": NET, "plugins": [plugin]});
+        write_conflist(dir, &conf);
     }
 
     /// Adds a host (`h<N+1>`, next underlay address) with its directories; returns its index.
@@ -166,8 +201,8 @@ impl RoutedCluster {
             .join("\n")
     }
 
-    /// Creates a pod on host `i` through libcni (reef-routed + cluster reef-ipam); returns its
-    /// index in [`RoutedCluster::pods`] and the instant the ADD returned.
+    /// Creates a pod on host `i` through libcni (the cluster's plugin, cluster reef-ipam);
+    /// returns its index in [`RoutedCluster::pods`] and the instant the ADD returned.
     pub fn add_pod_timed(&mut self, i: usize) -> (usize, Instant) {
         self.add_pod_with(i, None, None)
     }
@@ -399,6 +434,7 @@ impl RoutedCluster {
             cluster,
             dirs: Vec::new(),
             next_pod: 0,
+            plugin: Plugin::Routed,
         };
         for _ in 0..hosts {
             rc.add_dir();

@@ -608,3 +608,58 @@ fn node_ls_shows_liveness_and_routes_and_a_killed_agent_goes_dead_after_its_leas
         );
     }
 }
+
+/// reef-bridge pods: the gateway address on the bridge gives the node's block a connected
+/// route, and the agent's blackhole for the block sits behind it (the highest metric), not in
+/// front of it. A blackhole in front (where an older agent put it, at metric 0) is moved
+/// behind by the next agent's start.
+#[test]
+fn a_blackhole_for_an_own_block_stays_behind_a_bridge_route() {
+    let mut rc = RoutedCluster::new(2).with_plugin(Plugin::Bridge("rbr-rt".into()));
+    rc.start_agents(&[0, 1], &[]);
+    let (a, b) = (rc.add_pod(0), rc.add_pod(1));
+    rc.wait_routes(&[0, 1], &[0, 1], CONVERGE);
+    let block = rc
+        .blocks_of(0, &rc.node(0))
+        .into_iter()
+        .next()
+        .expect("h1 has a block");
+    let to_a = rc.pods[a].ip.to_string();
+    let reaches = |rc: &RoutedCluster| reef_tests::ping(&rc.pods[b].ns, &to_a, 1);
+    let blackholes = |rc: &RoutedCluster| {
+        rc.host(0).ns().sh_ok(&format!(
+            "ip route show type blackhole proto {PROTO} {block}"
+        ))
+    };
+    assert!(
+        reaches(&rc),
+        "pod on h2 cannot reach the pod on h1's bridge"
+    );
+    assert!(
+        blackholes(&rc).contains("metric 4294967295"),
+        "{}",
+        blackholes(&rc)
+    );
+
+    rc.take_agent(0).sigkill();
+    rc.host(0)
+        .ns()
+        .sh_ok(&format!("ip route prepend blackhole {block} proto {PROTO}"));
+    assert!(
+        !reaches(&rc),
+        "control: a blackhole at metric 0 shadows the bridge"
+    );
+    rc.start_agent(0, &[]);
+    assert!(
+        wait_until(CONVERGE, || reaches(&rc)),
+        "the restarted agent left the blackhole in front: {}\n{}",
+        blackholes(&rc),
+        rc.agent_logs()
+    );
+    assert_eq!(
+        blackholes(&rc).trim(),
+        format!("blackhole {block} metric 4294967295"),
+        "exactly one blackhole, behind the bridge's route"
+    );
+    rc.wait_routes(&[0, 1], &[0, 1], CONVERGE);
+}

@@ -105,6 +105,13 @@ impl World {
         World::build(RoutedCluster::with(topology, mode), &[])
     }
 
+    /// Like [`World::in_mode`], with reef-bridge pods (`isGateway`, `hairpinMode`) on a
+    /// bridge of this test file's own name in every host.
+    fn bridged(topology: Topology, mode: &str) -> World {
+        let rc = RoutedCluster::with(topology, mode).with_plugin(Plugin::Bridge(BRIDGE.into()));
+        World::build(rc, &[])
+    }
+
     fn build(mut rc: RoutedCluster, flags: &[&str]) -> World {
         let hosts = rc.cluster.hosts.len();
         let all: Vec<usize> = (0..hosts).collect();
@@ -229,7 +236,8 @@ impl World {
             }
             assert!(
                 start.elapsed() < within,
-                "{proto} {host}:{port} never answered {want:?} (last {c:?})\n{}",
+                "{proto} {host}:{port} never answered {want:?} in {} (last {c:?})\n{}",
+                ns.name(),
                 self.rc.agent_logs()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -244,6 +252,9 @@ fn vip_of(rc: &RoutedCluster, ns: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no VIP: {v}"))
         .to_string()
 }
+
+/// The bridge of the reef-bridge tests (one per host namespace).
+const BRIDGE: &str = "rbr-svc";
 
 const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 8080}\n";
 
@@ -266,19 +277,82 @@ fn a_vip_balances_in_the_vxlan_modes() {
     }
 }
 
-fn balances_and_refuses(mut w: World) {
+/// reef-bridge pods (cluster reef-ipam, the bridge as each block's gateway) in routed mode:
+/// the same as [`a_vip_balances_across_hosts_and_refuses_without_endpoints`]. Every agent
+/// still has its blackhole for its own block, behind the bridge's connected route to it.
+#[test]
+fn bridge_pods_a_vip_balances_across_hosts() {
+    let w = balances_and_refuses(World::bridged(Topology::OneSubnet(3), "routed"));
+    w.rc.wait_routes(&[0, 1, 2], &[0, 1, 2], Duration::from_secs(5));
+}
+
+/// reef-bridge pods over the VXLAN overlay, and with vxlan-crosssubnet across two subnets;
+/// their MTU (the bridge's too) follows reef.vxlan's, as reef-routed pods' does.
+#[test]
+fn bridge_pods_a_vip_balances_in_the_vxlan_modes() {
+    for (topology, mode) in [
+        (Topology::OneSubnet(3), "vxlan"),
+        (Topology::TwoSubnets(2), "vxlan-crosssubnet"),
+    ] {
+        let w = balances_and_refuses(World::bridged(topology, mode));
+        // web-2's pod is gone (its namespace stays until the end).
+        for pod in
+            w.rc.pods
+                .iter()
+                .filter(|p| inspect::has_link(&p.ns, IFNAME))
+        {
+            let host = w.rc.host(pod.host).ns();
+            let overlay = inspect::link_mtu(host, "reef.vxlan");
+            assert_eq!(overlay, 1450, "{mode}: reef.vxlan MTU");
+            assert_eq!(
+                inspect::link_mtu(&pod.ns, IFNAME),
+                overlay,
+                "{mode}: pod MTU"
+            );
+            assert_eq!(
+                inspect::link_mtu(host, BRIDGE),
+                overlay,
+                "{mode}: bridge MTU"
+            );
+        }
+    }
+}
+
+/// Endpoints on hosts 0..3 and a client pod on each; whatever the cluster's plugin and mode:
+/// every client reaches every endpoint pod directly, and every client and every host
+/// process reaches every endpoint through the VIP; then the balance and refusals.
+fn balances_and_refuses(mut w: World) -> World {
     let eps: Vec<usize> = (0..3)
         .map(|i| w.endpoint(i, &format!("shop/web-{i}"), json!({"app": "web"})))
         .collect();
     let clients: Vec<usize> = (0..3).map(|i| w.rc.add_pod(i)).collect();
+    for &c in &clients {
+        for &e in &eps {
+            let (from, to) = (&w.rc.pods[c], &w.rc.pods[e]);
+            assert!(
+                ping(&from.ns, &to.ip.to_string(), 1),
+                "pod {} on host {} cannot reach pod {} on host {}\n{}",
+                from.ip,
+                from.host,
+                to.ip,
+                to.host,
+                w.rc.agent_logs()
+            );
+        }
+    }
     w.apply(WEB);
     w.apply("apiVersion: v1\nkind: Service\nmetadata: {name: nobody, namespace: shop}\nspec:\n  selector: {app: ghost}\n  ports: [{name: a, port: 80}, {name: b, port: 53, protocol: UDP}]\n");
     let vip = vip_of(&w.rc, "shop", "web");
     let nobody = vip_of(&w.rc, "shop", "nobody");
-    for &c in &clients {
+    let sources: Vec<&Netns> = clients
+        .iter()
+        .map(|&c| &w.rc.pods[c].ns)
+        .chain((0..3).map(|h| w.rc.host(h).ns()))
+        .collect();
+    for ns in sources {
         for i in 0..3 {
             w.until(
-                &w.rc.pods[c].ns,
+                ns,
                 "tcp",
                 &vip,
                 80,
@@ -332,18 +406,32 @@ fn balances_and_refuses(mut w: World) {
         !counts.contains_key("shop/web-2") && counts.len() == 2,
         "{counts:?}"
     );
+    w
 }
 
 /// The node port answers on every node's underlay address, from a machine outside the
 /// cluster (a host without Reef), whichever node holds the endpoint.
 #[test]
 fn a_node_port_answers_on_every_node() {
-    let mut w = World::new(3);
-    w.endpoint(2, "shop/web-0", json!({"app": "web"}));
+    let w = World::new(3);
     // A reef-portmap mapping of host 0 already holds 30080/tcp: reported, not hidden.
     w.rc.host(0).ns().sh_ok(
         "nft 'add table inet reef-portmap; add map inet reef-portmap any4 { type inet_proto . inet_service : ipv4_addr . inet_service; elements = { tcp . 30080 : 10.66.0.99 . 80 } }'",
     );
+    node_port_answers_from_outside(w);
+}
+
+/// The same with reef-bridge pods, in routed mode and over the VXLAN overlay.
+#[test]
+fn bridge_pods_a_node_port_answers_on_every_node() {
+    for mode in ["routed", "vxlan"] {
+        node_port_answers_from_outside(World::bridged(Topology::OneSubnet(3), mode));
+    }
+}
+
+/// One endpoint on host 2; a host outside the cluster reaches it at every node's address.
+fn node_port_answers_from_outside(mut w: World) {
+    w.endpoint(2, "shop/web-0", json!({"app": "web"}));
     w.apply(WEB);
     let outside = w.rc.add_host();
     let outside_ns = w.rc.host(outside).ns();
@@ -421,6 +509,28 @@ fn affinity_hairpin_and_local_node_ports() {
         Some(&3),
         "no local endpoint on node 1: {counts:?}"
     );
+}
+
+/// A reef-bridge pod reaching a service whose only endpoint is itself is answered, by TCP and
+/// UDP: the bridge sends the DNATed packet back out of the port it came in on (hairpinMode),
+/// and the source is masqueraded so the reply returns through the host's conntrack.
+#[test]
+fn bridge_pods_hairpin() {
+    let mut w = World::bridged(Topology::OneSubnet(1), "routed");
+    let me = w.endpoint(0, "shop/self-0", json!({"app": "self"}));
+    w.apply("apiVersion: v1\nkind: Service\nmetadata: {name: self, namespace: shop}\nspec:\n  selector: {app: self}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 8080}\n");
+    let vip = vip_of(&w.rc, "shop", "self");
+    let ns = &w.rc.pods[me].ns;
+    w.until(ns, "tcp", &vip, 80, "shop/self-0", Duration::from_secs(10));
+    for (proto, port) in [("tcp", 80), ("udp", 53)] {
+        let (counts, _) = w.ask(ns, proto, &vip, port, 10);
+        assert_eq!(
+            counts.get("shop/self-0"),
+            Some(&10),
+            "{proto} hairpin: {counts:?}\n{}",
+            w.rc.agent_logs()
+        );
+    }
 }
 
 /// A node whose agent dies (SIGKILL; its 2 s lease expires) stops getting new connections

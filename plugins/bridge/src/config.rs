@@ -16,6 +16,8 @@ pub struct BridgeConf {
     pub is_default_gateway: bool,
     #[serde(default)]
     pub ip_masq: bool,
+    /// MTU of the bridge and both veth ends; None follows the node's reef.vxlan device in a
+    /// VXLAN mode (the kernel default otherwise).
     #[serde(default)]
     pub mtu: Option<u32>,
     #[serde(default)]

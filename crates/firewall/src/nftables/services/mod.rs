@@ -24,7 +24,8 @@
 //!     dnat ip to ip saddr . ip daddr . meta l4proto . th dport map @aff     remembered choice
 //!     ip daddr . meta l4proto . th dport vmap @services
 //!     fib daddr type local meta l4proto . th dport vmap @nodeports }
-//!   chain nat-postrouting { masquerade hairpin flows and Cluster-policy node-port flows }
+//!   chain nat-postrouting { masquerade hairpin flows, Cluster-policy node-port flows and
+//!                           host processes' flows (their source is the VIP) }
 //!   chain svc-filter (from filter input, forward, output; ct state new) {
 //!     still addressed to a VIP, or an un-DNATed local node port: reject (TCP reset, ICMP
 //!     port unreachable); record the choice of affinity services: vmap @aff-services }

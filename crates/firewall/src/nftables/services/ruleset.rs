@@ -84,6 +84,10 @@ pub fn table_script() -> String {
             "nat-postrouting",
             "ct status dnat meta l4proto { tcp, udp } ct original ip daddr != @vips meta l4proto . ct original proto-dst @np-masq masquerade",
         ),
+        // A host process's connection to a VIP: the service CIDR is a local route, so the
+        // kernel gives it the VIP itself as source, and an endpoint on another node would
+        // answer to its own node's VIP route.
+        ("nat-postrouting", "ct status dnat ct original ip saddr @vips masquerade"),
         // Still addressed to a VIP after the NAT hooks: no endpoint, or a port the service
         // does not define. Refused at once, never dropped in silence.
         ("svc-filter", "ip daddr @vips meta l4proto tcp reject with tcp reset"),

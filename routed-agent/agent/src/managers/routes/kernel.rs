@@ -14,6 +14,27 @@ use std::collections::BTreeMap;
 /// in iproute2's rt_protos (BGP daemons use 186–192, Calico's BIRD 12).
 pub const RTPROT_REEF: u8 = 201;
 
+/// Metric of our blackholes (a node's own blocks): the last resort for their destination. The
+/// kernel keeps routes to one destination at different metrics side by side and uses the
+/// lowest; at the same metric as a connected route it keeps both and uses the first, so a
+/// blackhole installed before reef-bridge puts a block's gateway on its bridge would shadow
+/// the bridge's route to its pods. Behind every other route, it only drops what nothing on
+/// this node serves.
+pub const BLACKHOLE_METRIC: u32 = u32::MAX;
+
+/// The metric a target's route carries (None: the kernel's default for its family).
+fn metric(t: Target) -> Option<u32> {
+    match t {
+        Target::Blackhole => Some(BLACKHOLE_METRIC),
+        Target::Via(_) | Target::Onlink { .. } => None,
+    }
+}
+
+/// True when a route of ours read from the kernel sits at its target's metric.
+fn at_its_metric(r: &reef_netlink::RouteInfo, t: Target) -> bool {
+    metric(t).is_none_or(|m| r.priority == Some(m))
+}
+
 pub struct RouteProgrammer {
     nl: Netlink,
     /// What the kernel has, as far as we know: our routes only.
@@ -27,7 +48,10 @@ fn spec(dst: IpNetwork, t: Target) -> RouteSpec {
     let mut s = RouteSpec::new(dst, None);
     s.protocol = Some(RTPROT_REEF);
     match t {
-        Target::Blackhole => s.kind = RouteKind::Blackhole,
+        Target::Blackhole => {
+            s.kind = RouteKind::Blackhole;
+            s.priority = metric(t);
+        }
         Target::Via(gw) => s.gw = Some(gw),
         Target::Onlink { via, dev } => {
             s.gw = Some(via);
@@ -61,6 +85,10 @@ impl RouteProgrammer {
     /// someone else's edits), then applies the difference to `desired`.
     pub async fn full_sync(&mut self, desired: &Desired) -> reef_netlink::Result<Outcome> {
         let mut have = BTreeMap::new();
+        // Ours, but not at their target's metric (an older agent's blackhole at metric 0), or
+        // a second route to one destination (a change between a blackhole and a next hop cut
+        // short): removed once the wanted routes are in place.
+        let mut misplaced = Vec::new();
         for v6 in [false, true] {
             for r in self.nl.routes_by_protocol(v6, RTPROT_REEF).await? {
                 let t = match (r.kind, r.gw) {
@@ -75,33 +103,76 @@ impl RouteProgrammer {
                     // Not listed here (table local): the services manager's.
                     (RouteKind::Local, _) => continue,
                 };
+                if !at_its_metric(&r, t) || have.contains_key(&r.dst) {
+                    misplaced.push((r, t));
+                    continue;
+                }
                 have.insert(r.dst, t);
             }
         }
         self.programmed = have;
         self.foreign.clear();
-        Ok(self.apply(desired).await)
+        let outcome = self.apply(desired).await;
+        for (r, t) in misplaced {
+            if at_its_metric(&r, t) && self.programmed.get(&r.dst) == Some(&t) {
+                continue; // apply made it the programmed one
+            }
+            match self.nl.delete_route(&r).await {
+                Ok(_) => crate::info!("route removed", dst = r.dst, target = format!("{t:?}")),
+                Err(e) => crate::warn!("route removal failed", dst = r.dst, error = e),
+            }
+        }
+        Ok(outcome)
     }
 
-    /// The protocol of a route in the main table to `dst` that is not ours, if there is one.
-    /// Only our own routes are ever replaced: anything else (the default route, the underlay's
-    /// connected route, an operator's route) is left alone whatever the cluster state says.
-    async fn foreign_owner(&self, dst: IpNetwork) -> reef_netlink::Result<Option<u8>> {
+    /// The protocol of a route in the main table to `dst` that is not ours and that a route
+    /// to `target` would replace or shadow, if there is one. Only our own routes are ever
+    /// replaced: anything else (the default route, the underlay's connected route, an
+    /// operator's route) is left alone whatever the cluster state says. A blackhole shadows
+    /// nothing (it sits behind every other metric): only a route at its own metric is in its way.
+    async fn foreign_owner(
+        &self,
+        dst: IpNetwork,
+        target: Target,
+    ) -> reef_netlink::Result<Option<u8>> {
+        let in_the_way = |r: &reef_netlink::RouteInfo| match target {
+            Target::Blackhole => r.priority == Some(BLACKHOLE_METRIC),
+            Target::Via(_) | Target::Onlink { .. } => true,
+        };
         Ok(self
             .nl
             .main_table_routes(dst.is_ipv6())
             .await?
             .into_iter()
-            .filter(|r| r.dst == dst)
+            .filter(|r| r.dst == dst && in_the_way(r))
             .map(|r| r.protocol.unwrap_or_default())
             .find(|p| *p != RTPROT_REEF))
     }
 
-    /// Installs one wanted route: replaces it when it is ours, adds it (exclusively) when the
-    /// destination is free, and refuses when someone else's route holds it.
-    async fn install(&self, dst: IpNetwork, target: Target) -> Result<(), Problem> {
-        if !self.programmed.contains_key(&dst) {
-            match self.foreign_owner(dst).await {
+    /// Installs one wanted route in place of `old` (ours, if we had one): replaces it when it
+    /// is at the same metric, adds it (exclusively) when the destination is free, and refuses
+    /// when someone else's route holds it. A change between a blackhole and a next hop changes
+    /// the metric, so it is an add like a new destination's (never a replace, which could take
+    /// a foreign route at that metric), and the old route is removed after it.
+    async fn install(
+        &self,
+        dst: IpNetwork,
+        target: Target,
+        old: Option<Target>,
+    ) -> Result<(), Problem> {
+        let ours = old.is_some_and(|o| metric(o) == metric(target));
+        let res = self.install_at(dst, target, ours).await;
+        if let Some(o) = old.filter(|_| !ours) {
+            if let Err(e) = self.nl.delete_route(&spec(dst, o)).await {
+                crate::warn!("route removal failed", dst = dst, error = e);
+            }
+        }
+        res
+    }
+
+    async fn install_at(&self, dst: IpNetwork, target: Target, ours: bool) -> Result<(), Problem> {
+        if !ours {
+            match self.foreign_owner(dst, target).await {
                 Ok(Some(protocol)) => return Err(Problem::ForeignRoute { dst, protocol }),
                 Ok(None) => {}
                 Err(e) => return Err(explain(&e, target)),
@@ -109,7 +180,6 @@ impl RouteProgrammer {
         }
         // Replace only when a route of ours may be there (ours, or forgotten after a failed
         // replace); otherwise an exclusive add, so a route appearing meanwhile is not replaced.
-        let ours = self.programmed.contains_key(&dst);
         let res = if ours {
             self.nl.replace_route(&spec(dst, target)).await
         } else {
@@ -118,7 +188,7 @@ impl RouteProgrammer {
         match res {
             Err(e) if !ours && e.is_exists() => {
                 // Ours after all (left from a failed replace): find out before replacing.
-                match self.foreign_owner(dst).await {
+                match self.foreign_owner(dst, target).await {
                     Ok(Some(protocol)) => Err(Problem::ForeignRoute { dst, protocol }),
                     Ok(None) => self
                         .nl
@@ -170,7 +240,8 @@ impl RouteProgrammer {
                 }
             }
             self.foreign.remove(&dst);
-            match self.install(dst, target).await {
+            let old = self.programmed.get(&dst).copied();
+            match self.install(dst, target, old).await {
                 Ok(()) => {
                     self.programmed.insert(dst, target);
                     crate::info!(
@@ -211,6 +282,11 @@ mod tests {
         let s = spec(dst, Target::Blackhole);
         assert_eq!(s.protocol, Some(RTPROT_REEF));
         assert!(matches!(s.kind, RouteKind::Blackhole));
+        assert_eq!(
+            s.priority,
+            Some(BLACKHOLE_METRIC),
+            "behind a bridge's connected route"
+        );
         let via = "10.0.0.64".parse().unwrap();
         let s = spec(dst, Target::Onlink { via, dev: 7 });
         assert_eq!((s.gw, s.oif, s.onlink), (Some(via), Some(7), true));
