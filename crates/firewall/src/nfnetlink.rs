@@ -30,17 +30,54 @@ const PIPELINE: usize = 64;
 
 /// One request: the message, its nfgenmsg family and its netlink flags.
 pub(crate) struct Request {
-    pub inner: NetfilterMessageInner,
+    pub body: Body,
     pub family: u8,
     pub flags: u16,
+}
+
+/// A request's message.
+pub(crate) enum Body {
+    Typed(NetfilterMessageInner),
+    /// An nf_tables message (`NFT_MSG_*`) whose attributes are already encoded: the element
+    /// changes of a full sync (70,000 elements), which the typed attributes would copy twice.
+    Nft {
+        msg_type: u8,
+        attrs: Vec<u8>,
+    },
 }
 
 impl Request {
     pub(crate) fn new(inner: impl Into<NetfilterMessageInner>, family: u8, flags: u16) -> Request {
         Request {
-            inner: inner.into(),
+            body: Body::Typed(inner.into()),
             family,
             flags,
+        }
+    }
+
+    pub(crate) fn nft(msg_type: u8, attrs: Vec<u8>, family: u8, flags: u16) -> Request {
+        Request {
+            body: Body::Nft { msg_type, attrs },
+            family,
+            flags,
+        }
+    }
+}
+
+fn emit_body(buf: &mut Vec<u8>, body: Body, family: u8, flags: u16, seq: u32) {
+    match body {
+        Body::Typed(inner) => emit(buf, inner, family, 0, flags, seq),
+        Body::Nft { msg_type, attrs } => {
+            let len = u32::try_from(HEADERS + attrs.len()).unwrap_or(u32::MAX);
+            let kind = (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg_type);
+            buf.extend_from_slice(&len.to_ne_bytes());
+            buf.extend_from_slice(&kind.to_ne_bytes());
+            buf.extend_from_slice(&flags.to_ne_bytes());
+            buf.extend_from_slice(&seq.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+                                                        // nfgenmsg: family, NFNETLINK_V0, res_id 0 (big endian).
+            buf.extend_from_slice(&[family, 0, 0, 0]);
+            buf.extend_from_slice(&attrs);
         }
     }
 }
@@ -224,7 +261,7 @@ impl NfNetlink {
         for r in reqs {
             let seq = self.next_seq();
             seqs.push(seq);
-            emit(&mut buf, r.inner, r.family, 0, r.flags | NLM_F_REQUEST, seq);
+            emit_body(&mut buf, r.body, r.family, r.flags | NLM_F_REQUEST, seq);
         }
         self.sock.send(&buf, 0)?;
         let mut answers: Vec<Option<i32>> = vec![None; seqs.len()];
@@ -274,11 +311,10 @@ impl NfNetlink {
         for r in msgs {
             let seq = self.next_seq();
             data_seqs.push(seq);
-            emit(
+            emit_body(
                 &mut buf,
-                r.inner,
+                r.body,
                 r.family,
-                0,
                 r.flags | NLM_F_REQUEST | NLM_F_ACK,
                 seq,
             );

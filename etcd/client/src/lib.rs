@@ -270,11 +270,23 @@ impl Etcd {
     pub async fn list_prefix_pages(
         &mut self,
         prefix: &str,
+        each: impl FnMut(Vec<KeyValue>),
+    ) -> Result<i64> {
+        self.list_prefix_pages_at(prefix, 0, each).await
+    }
+
+    /// [`Etcd::list_prefix_pages`] at store revision `rev` (0: the current one), so that
+    /// several prefixes can be read as one snapshot. A revision compacted meanwhile is an
+    /// error: the caller lists again.
+    pub async fn list_prefix_pages_at(
+        &mut self,
+        prefix: &str,
+        rev: i64,
         mut each: impl FnMut(Vec<KeyValue>),
     ) -> Result<i64> {
         let end = prefix_end(prefix.as_bytes());
         let mut from: Vec<u8> = prefix.as_bytes().to_vec();
-        let mut rev = 0;
+        let mut rev = rev;
         let mut page = LIST_PAGE;
         let mut kv = self
             .client

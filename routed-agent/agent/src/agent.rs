@@ -9,7 +9,10 @@ use crate::view::{ClusterView, Touched};
 use crate::{info, registry, underlay, warn};
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_netlink::{sysctl, Netlink};
-use reef_schema::{AgentStatus, NodeRecord, PREFIX};
+use reef_schema::services::SERVICES;
+use reef_schema::{
+    AgentStatus, NodeRecord, AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NODES, PREFIX, WORKLOADS,
+};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -180,7 +183,7 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
     }
 }
 
-/// The cluster view from one list of `/reef/`. Pages are decoded on a thread of their own
+/// The cluster view from one list of what it needs under `/reef/`. Pages are decoded on a thread of their own
 /// while the next one is read (at 10,000 services, reading and decoding take about as long
 /// as each other), and each page's raw records are dropped once decoded.
 async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> {
@@ -200,15 +203,29 @@ async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> 
             view
         })
         .map_err(SessionError::Thread)?;
-    let listed = etcd
-        .list_prefix_pages(PREFIX, |page| {
-            let _ = pages.send(page);
-        })
-        .await;
+    let listed = async {
+        let mut rev = 0;
+        for prefix in LISTED {
+            rev = etcd
+                .list_prefix_pages_at(prefix, rev, |page| {
+                    let _ = pages.send(page);
+                })
+                .await?;
+        }
+        Ok::<i64, reef_etcd::Error>(rev)
+    }
+    .await;
     drop(pages);
     let view = builder.join().map_err(|_| SessionError::ViewPanicked)?;
     Ok((view, listed?))
 }
+
+/// What the view is built from, in key order, read at one revision. Not IPAM's handles
+/// nor reefctl's VIP and node-port claims: in a cluster they are as many keys again as the
+/// workloads and services, and the view has no use for them.
+const LISTED: [&str; 7] = [
+    AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NODES, SERVICES, WORKLOADS,
+];
 
 impl State {
     fn backend_routes(&self) -> usize {

@@ -44,7 +44,7 @@ pub(crate) mod wire;
 
 pub use ruleset::table_script;
 
-use super::objects::{elem_requests, Elem, ElemChange};
+use super::objects::{elem_requests, Elem, ElemChange, ElemRef};
 use super::{io, run_nft};
 use crate::conntrack::{self, Flow};
 use crate::nfnetlink::{NfNetlink, Request};
@@ -89,15 +89,15 @@ impl Value {
         Value::Data(v)
     }
 
-    fn elem(&self, key: &[u8]) -> Elem {
-        let mut e = Elem {
-            key: key.to_vec(),
-            ..Elem::default()
+    fn elem<'a>(&'a self, key: &'a [u8]) -> ElemRef<'a> {
+        let mut e = ElemRef {
+            key,
+            ..ElemRef::default()
         };
         match self {
             Value::Set => {}
-            Value::Data(d) => e.data = Some(d.to_vec()),
-            Value::Jump(c) => e.jump = Some(c.clone()),
+            Value::Data(d) => e.data = Some(d),
+            Value::Jump(c) => e.jump = Some(c),
         }
         e
     }
@@ -412,10 +412,8 @@ impl ServicesState {
 
     /// Sends the difference between `installed` and the owners' values for `slots`.
     fn commit(&mut self, nl: &mut NfNetlink, slots: Vec<Slot>) -> Result<usize> {
-        // Per map (index into MAPS).
-        let mut dels: [Vec<Elem>; MAPS.len()] = Default::default();
-        let mut adds: [Vec<Elem>; MAPS.len()] = Default::default();
-        let mut after: Vec<(Slot, Option<Value>)> = Vec::new();
+        // What changes: the slot, whether the kernel has an element there, the wanted value.
+        let mut after: Vec<(Slot, bool, Option<Value>)> = Vec::new();
         let mut jumps: BTreeSet<String> = BTreeSet::new();
         let mut seen: HashSet<Slot> = HashSet::with_capacity(slots.len());
         for slot in slots {
@@ -427,26 +425,34 @@ impl ServicesState {
             if want == have {
                 continue;
             }
-            let m = usize::from(slot.map);
-            if let Some(h) = have {
-                dels[m].push(h.elem(slot.key()));
-            }
-            if let Some(w) = want {
-                if let Value::Jump(c) = w {
-                    if !jumps.contains(c) {
-                        jumps.insert(c.clone());
-                    }
+            if let Some(Value::Jump(c)) = want {
+                if !jumps.contains(c) {
+                    jumps.insert(c.clone());
                 }
-                adds[m].push(w.elem(slot.key()));
             }
-            after.push((slot, want.cloned()));
+            after.push((slot, have.is_some(), want.cloned()));
         }
         if after.is_empty() {
             return Ok(0);
         }
         let jumps: Vec<String> = jumps.into_iter().collect();
         let mut reqs = self.chain_requests(nl, &jumps)?;
-        let mut changes: Vec<ElemChange> = Vec::new();
+        // Per map (index into MAPS), borrowed from `after`.
+        let mut dels: [Vec<ElemRef>; MAPS.len()] = Default::default();
+        let mut adds: [Vec<ElemRef>; MAPS.len()] = Default::default();
+        for (slot, had, want) in &after {
+            let m = usize::from(slot.map);
+            if *had {
+                dels[m].push(ElemRef {
+                    key: slot.key(),
+                    ..ElemRef::default()
+                });
+            }
+            if let Some(w) = want {
+                adds[m].push(w.elem(slot.key()));
+            }
+        }
+        let mut changes: Vec<ElemChange<ElemRef>> = Vec::new();
         // Jumps go first on delete and last on add.
         for (m, name) in MAPS.iter().enumerate().rev() {
             if !dels[m].is_empty() {
@@ -476,7 +482,7 @@ impl ServicesState {
             });
         }
         let n = after.len();
-        for (slot, v) in after {
+        for (slot, _, v) in after {
             match v {
                 Some(v) => self.installed.insert(slot, v),
                 None => self.installed.remove(&slot),
