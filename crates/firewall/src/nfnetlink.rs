@@ -74,8 +74,9 @@ fn emit_body(buf: &mut Vec<u8>, body: Body, family: u8, flags: u16, seq: u32) {
             buf.extend_from_slice(&kind.to_ne_bytes());
             buf.extend_from_slice(&flags.to_ne_bytes());
             buf.extend_from_slice(&seq.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-                                                        // nfgenmsg: family, NFNETLINK_V0, res_id 0 (big endian).
+            // Port id 0: the kernel's.
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            // nfgenmsg: family, NFNETLINK_V0, res_id 0 (big endian).
             buf.extend_from_slice(&[family, 0, 0, 0]);
             buf.extend_from_slice(&attrs);
         }

@@ -476,7 +476,9 @@ const LIST_PAGE_MIN: i64 = 100;
 /// The largest list reply accepted (tonic's default is 4 MiB).
 const LIST_MESSAGE_MAX: usize = 64 << 20;
 /// The gRPC codes of a reply over a message limit: OUT_OF_RANGE (tonic, receiving) and
-/// RESOURCE_EXHAUSTED (etcd, sending).
+/// RESOURCE_EXHAUSTED (etcd, sending). etcd uses them for other refusals too (a compacted
+/// revision, too many requests): those fail again at every size and, once the page is at
+/// its minimum, end the list like any other error (a few small, fast requests more).
 const TOO_LARGE: [i32; 2] = [11, 8];
 
 /// The end of the key range of `prefix` (etcd's `--prefix`): the prefix with its last byte

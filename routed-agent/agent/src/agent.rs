@@ -183,12 +183,15 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
     }
 }
 
-/// The cluster view from one list of what it needs under `/reef/`. Pages are decoded on a thread of their own
-/// while the next one is read (at 10,000 services, reading and decoding take about as long
-/// as each other), and each page's raw records are dropped once decoded.
+/// The cluster view from one list of what it needs under `/reef/`. Pages are decoded on a
+/// thread of their own while the next one is read (at 10,000 services, reading and decoding
+/// take about as long as each other), and each page's raw records are dropped once decoded.
+/// The view comes back through a oneshot: waiting for it must not block the runtime, which
+/// also runs the lease keep-alive.
 async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> {
     let (pages, decode) = std::sync::mpsc::channel::<Vec<reef_etcd::KeyValue>>();
-    let builder = std::thread::Builder::new()
+    let (done, built) = tokio::sync::oneshot::channel::<ClusterView>();
+    std::thread::Builder::new()
         .name("view".into())
         .spawn(move || {
             let mut view = ClusterView::default();
@@ -200,7 +203,7 @@ async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> 
                     );
                 }
             }
-            view
+            let _ = done.send(view);
         })
         .map_err(SessionError::Thread)?;
     let listed = async {
@@ -208,6 +211,7 @@ async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> 
         for prefix in LISTED {
             rev = etcd
                 .list_prefix_pages_at(prefix, rev, |page| {
+                    // A send fails only if the thread is gone, which `built` reports.
                     let _ = pages.send(page);
                 })
                 .await?;
@@ -216,7 +220,7 @@ async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> 
     }
     .await;
     drop(pages);
-    let view = builder.join().map_err(|_| SessionError::ViewPanicked)?;
+    let view = built.await.map_err(|_| SessionError::ViewPanicked)?;
     Ok((view, listed?))
 }
 

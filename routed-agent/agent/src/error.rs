@@ -21,9 +21,10 @@ pub enum SessionError {
     Etcd(#[from] reef_etcd::Error),
     /// The thread that decodes the listed records could not start.
     #[error("start the view thread: {0}")]
-    Thread(std::io::Error),
-    /// The thread that decodes the listed records panicked (a bug: decoding never panics).
-    #[error("the view thread panicked")]
+    Thread(#[source] std::io::Error),
+    /// The thread that decodes the listed records ended without a view (a panic in a debug
+    /// build; release builds abort on panic).
+    #[error("the view thread ended without a view")]
     ViewPanicked,
     /// A manager could not reach the kernel at all (not a per-node problem).
     #[error("{manager}: {source}")]

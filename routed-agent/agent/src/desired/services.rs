@@ -38,7 +38,9 @@ pub fn lbs(view: &ClusterView, s: &Service, me: &str) -> Vec<ServiceLb> {
                 .map(move |ip| (*ip, local))
         })
         .collect();
-    pods.sort();
+    // One entry per address; should two live records share one (a stale record), the local
+    // copy wins, so the pod keeps its hairpin and Local-policy node ports.
+    pods.sort_by_key(|(ip, local)| (*ip, !*local));
     pods.dedup_by(|a, b| a.0 == b.0);
     s.ports
         .iter()
