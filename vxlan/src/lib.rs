@@ -14,6 +14,16 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// The device's name on every node.
 pub const DEVICE: &str = "reef.vxlan";
+
+/// The MTU a pod gets when its network sets none: on a node whose agent runs a VXLAN mode,
+/// the overlay device's (underlay − 50), so nothing fragments or depends on PMTU discovery
+/// on the way to another node; otherwise the kernel's default (None).
+pub async fn pod_mtu(host: &Netlink, configured: Option<u32>) -> Result<Option<u32>> {
+    if configured.is_some() {
+        return Ok(configured);
+    }
+    Ok(host.link_by_name(DEVICE).await?.and_then(|l| l.mtu))
+}
 /// IANA's VXLAN port (flannel defaults to Linux's historical 8472).
 pub const PORT: u16 = 4789;
 /// Outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8: what the overlay costs each packet's MTU.

@@ -144,17 +144,7 @@ impl HostSide for Bridge {
 
     async fn prepare_host(&self, host: &Netlink, ipam: &CniResult) -> Result<HostVeth, CniError> {
         let conf = &self.conf;
-        // Without an explicit `mtu`, pods follow the cluster's mode as reef-routed's do: on a
-        // node whose agent runs a VXLAN mode, the overlay device's MTU (underlay − 50), so
-        // nothing fragments or depends on PMTU discovery on the way to another node.
-        let mtu = match conf.mtu {
-            Some(m) => Some(m),
-            None => host
-                .link_by_name(reef_vxlan::DEVICE)
-                .await
-                .map_err(nl_err)?
-                .and_then(|l| l.mtu),
-        };
+        let mtu = reef_vxlan::pod_mtu(host, conf.mtu).await.map_err(nl_err)?;
         let br = host
             .ensure_bridge(&conf.bridge, mtu)
             .await

@@ -142,16 +142,9 @@ impl HostSide for Routed {
     }
 
     async fn prepare_host(&self, host: &Netlink, _ipam: &CniResult) -> Result<HostVeth, CniError> {
-        // Without an explicit `mtu`, pods follow the cluster's mode: on a node whose agent runs
-        // a VXLAN mode, the overlay device's MTU (underlay − 50), so nothing fragments.
-        let mtu = match self.conf.mtu {
-            Some(m) => Some(m),
-            None => host
-                .link_by_name(reef_vxlan::DEVICE)
-                .await
-                .map_err(nl_err)?
-                .and_then(|l| l.mtu),
-        };
+        let mtu = reef_vxlan::pod_mtu(host, self.conf.mtu)
+            .await
+            .map_err(nl_err)?;
         Ok(HostVeth {
             mtu,
             mac: Some(HOST_VETH_MAC),
