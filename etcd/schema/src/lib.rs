@@ -14,12 +14,15 @@
 //!                                     while the node's reef-agent is alive
 //! /reef/services/<ns>/<name>          Service, with its claims under /reef/service-ips/ and
 //!                                     /reef/node-ports/ (see `services`)
+//! /reef/policies/<ns>/<name>          NetworkPolicy (see `policy`)
+//! /reef/namespaces/<name>             Namespace: its labels
 //! ```
 //! Every change is one etcd transaction guarded by mod-revision compares, so concurrent
 //! allocators on any number of hosts never hand out one address twice, and a crash can only
 //! leave whole records (an allocation and its handle are written together).
 
 mod codec;
+pub mod policy;
 pub mod services;
 
 pub use codec::{decode, encode, DecodeError};
