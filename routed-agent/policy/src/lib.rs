@@ -83,7 +83,7 @@ impl<'a> Policies<'a> {
     }
 
     /// A namespace's label; a namespace nobody applied has only its name label.
-    pub fn namespace_label(&self, namespace: &str, key: &str) -> Option<&str> {
+    pub fn namespace_label<'s>(&'s self, namespace: &'s str, key: &str) -> Option<&'s str> {
         match self.namespaces.get(namespace) {
             Some(ns) => ns.labels.get(key).map(String::as_str),
             None => (key == NAME_LABEL).then_some(namespace),
@@ -194,11 +194,8 @@ impl<'a> Policies<'a> {
                 out.blocks.push(b.clone());
             }
         }
-        let selector_peers: Vec<&Peer> = rule
-            .peers
-            .iter()
-            .filter(|p| p.ip_block.is_none())
-            .collect();
+        let selector_peers: Vec<&Peer> =
+            rule.peers.iter().filter(|p| p.ip_block.is_none()).collect();
         if !selector_peers.is_empty() {
             for pod in pods {
                 if selector_peers
