@@ -208,6 +208,17 @@ pub struct AgentStatus {
     /// mode: the next hop is not on-link).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, String>,
+    /// Per policy (`<namespace>/<name>`): packets its rules let in or out on this node, and
+    /// packets dropped at the pods it isolates here (a pod isolated by two policies counts
+    /// its drops in both).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_counters: BTreeMap<String, PolicyCounters>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounters {
+    pub allowed: u64,
+    pub dropped: u64,
 }
 
 /// One attachment's identity, for services and policies (Kubernetes conventions).
