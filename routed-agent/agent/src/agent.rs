@@ -79,6 +79,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         services: 0,
         endpoints: 0,
         problems: Default::default(),
+        policy_counters: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, alive_rx) = watch::channel(false);
