@@ -23,7 +23,7 @@
 //! Pods are told apart by their host interface, which the plugins name before IPAM runs,
 //! so a hold can be placed before the pod's workload record exists (see `hold_new_pod`).
 
-use super::objects::{AsElem, ElemChange, ElemRef};
+use super::objects::{elem_requests, AsElem, ElemChange, ElemRef};
 use super::{io, run_nft};
 use crate::nfnetlink::NfNetlink;
 use crate::rules::PodGuard;
@@ -161,6 +161,17 @@ pub(crate) fn ensure(nl: &mut NfNetlink) -> Result<()> {
     Ok(())
 }
 
+/// Element changes in the bridge and the inet table, as ONE transaction.
+fn in_both<E: AsElem>(
+    nl: &mut NfNetlink,
+    bridge: &[ElemChange<E>],
+    inet: &[ElemChange<E>],
+) -> std::io::Result<()> {
+    let mut msgs = elem_requests(NFPROTO_BRIDGE, TABLE, bridge);
+    msgs.extend(elem_requests(NFPROTO_INET, TABLE, inet));
+    nl.transaction(msgs)
+}
+
 /// A key-only element.
 struct Key(Vec<u8>);
 
@@ -185,18 +196,12 @@ pub(crate) fn hold(nl: &mut NfNetlink, iface: &str, namespace: &str) -> Result<b
         return Ok(false);
     }
     let key = [Key(ifname_key(iface).to_vec())];
-    for family in [NFPROTO_INET, NFPROTO_BRIDGE] {
-        nl.change_elements(
-            family,
-            TABLE,
-            &[ElemChange::Add {
-                set: "pending",
-                elems: &key,
-                exclusive: false,
-            }],
-        )
-        .map_err(io("hold the new pod"))?;
-    }
+    let add = [ElemChange::Add {
+        set: "pending",
+        elems: &key[..],
+        exclusive: false,
+    }];
+    in_both(nl, &add, &add).map_err(io("hold the new pod"))?;
     Ok(true)
 }
 
@@ -207,18 +212,11 @@ pub(crate) fn release(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()> {
         return Ok(());
     }
     let keys: Vec<Key> = ifaces.iter().map(|i| Key(ifname_key(i).to_vec())).collect();
-    for family in [NFPROTO_INET, NFPROTO_BRIDGE] {
-        nl.change_elements(
-            family,
-            TABLE,
-            &[ElemChange::Destroy {
-                set: "pending",
-                elems: &keys,
-            }],
-        )
-        .map_err(io("release held pods"))?;
-    }
-    Ok(())
+    let destroy = [ElemChange::Destroy {
+        set: "pending",
+        elems: &keys[..],
+    }];
+    in_both(nl, &destroy, &destroy).map_err(io("release held pods"))
 }
 
 fn pod_changes<'a>(
@@ -310,9 +308,7 @@ pub(crate) fn add_pod(nl: &mut NfNetlink, g: &PodGuard) -> Result<()> {
     let ifaces = [Key(ifname_key(&g.iface).to_vec())];
     let (v4, v6) = source_keys(g);
     let changes = pod_changes(&ifaces, &v4, &v6, true);
-    nl.change_elements(NFPROTO_BRIDGE, TABLE, &changes)
-        .map_err(io("add the pod's anti-spoofing elements (bridge)"))?;
-    let mut inet = changes;
+    let mut inet = pod_changes(&ifaces, &v4, &v6, true);
     let bridge_keys;
     let pair;
     let isolated;
@@ -345,9 +341,7 @@ pub(crate) fn add_pod(nl: &mut NfNetlink, g: &PodGuard) -> Result<()> {
             }
         });
     }
-    nl.change_elements(NFPROTO_INET, TABLE, &inet)
-        .map_err(io("add the pod's anti-spoofing elements"))?;
-    Ok(())
+    in_both(nl, &changes, &inet).map_err(io("add the pod's anti-spoofing elements"))
 }
 
 /// Removes a pod's elements, and its hold (idempotent; nothing to do without the tables).
@@ -370,11 +364,7 @@ pub(crate) fn del_pod(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result
         set: "pending",
         elems: &ifaces,
     });
-    for family in [NFPROTO_INET, NFPROTO_BRIDGE] {
-        nl.change_elements(family, TABLE, &changes)
-            .map_err(io("remove the pod's guard elements"))?;
-    }
-    Ok(())
+    in_both(nl, &changes, &changes).map_err(io("remove the pod's guard elements"))
 }
 
 #[cfg(test)]
