@@ -28,6 +28,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod benchkit;
 pub mod cluster;
 mod cni;
 mod cnitool;

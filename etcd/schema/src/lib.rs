@@ -209,6 +209,10 @@ pub struct AgentStatus {
     /// mode: the next hop is not on-link).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub problems: BTreeMap<String, String>,
+    /// Network policies the agent has applied (all of the cluster's; it renders those that
+    /// select a pod of its node).
+    #[serde(default)]
+    pub policies: usize,
     /// Per policy (`<namespace>/<name>`): packets its rules let in or out on this node, and
     /// packets dropped at the pods it isolates here (a pod isolated by two policies counts
     /// its drops in both).

@@ -79,6 +79,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         routes: 0,
         services: 0,
         endpoints: 0,
+        policies: 0,
         problems: Default::default(),
         policy_counters: Default::default(),
     });

@@ -78,15 +78,16 @@ fn publish(st: &State, view: &ClusterView, outcome: Outcome) {
             crate::warn!("problem", about = about, problem = why);
         }
     }
-    let (services, endpoints) = (outcome.services, outcome.endpoints);
+    let (services, endpoints, policies) = (outcome.services, outcome.endpoints, outcome.policies);
     st.status.send_if_modified(|s| {
         if s.routes == routes
             && s.problems == problems
             && s.mode == mode
-            && (s.services, s.endpoints) == (services, endpoints)
+            && (s.services, s.endpoints, s.policies) == (services, endpoints, policies)
         {
             return false;
         }
+        s.policies = policies;
         s.routes = routes;
         s.services = services;
         s.endpoints = endpoints;
