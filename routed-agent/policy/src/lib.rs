@@ -226,7 +226,8 @@ impl Peers {
     }
 
     /// The IPv4 addresses admitted, as disjoint inclusive ranges in ascending order (what an
-    /// nftables interval set holds): blocks minus their exceptions, united with the pods.
+    /// nftables interval set holds): blocks minus their exceptions, and the pods outside
+    /// them.
     pub fn ranges_v4(&self) -> Vec<(Ipv4Addr, Ipv4Addr)> {
         if self.any {
             return vec![(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST)];
@@ -289,7 +290,9 @@ fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
         match out.last_mut() {
-            Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(b),
+            // Overlaps only: adjacent pods stay separate elements, so a pod's address is an
+            // element of its own (what a notification or `nft get element` shows).
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
             _ => out.push((a, b)),
         }
     }

@@ -234,7 +234,15 @@ fn peer_ranges_merge_pods_into_blocks() {
         .iter()
         .map(|(a, b)| format!("{a}-{b}"))
         .collect();
-    assert_eq!(got, vec!["10.0.0.5-10.0.0.6", "10.0.1.0-10.0.2.0"]);
+    assert_eq!(
+        got,
+        vec![
+            "10.0.0.5-10.0.0.5",
+            "10.0.0.6-10.0.0.6",
+            "10.0.1.0-10.0.1.255",
+            "10.0.2.0-10.0.2.0"
+        ]
+    );
     let all = Peers {
         any: true,
         ..Peers::default()
