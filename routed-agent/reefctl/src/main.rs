@@ -280,19 +280,29 @@ fn parse_manifest(cmd: &Cmd) -> Result<Option<Manifest>, CtlError> {
             let text = read_manifest(file)?;
             let objects = reef_manifest::parse_objects(&text)
                 .map_err(|e| CtlError::Manifest(file.clone(), Box::new(e)))?;
-            Ok(Some(Manifest::Apply(
-                objects
-                    .into_iter()
-                    .map(|o| match o {
-                        reef_manifest::Object::Service(s) => s,
-                    })
-                    .collect(),
-            )))
+            let mut services = Vec::new();
+            for o in objects {
+                match o {
+                    reef_manifest::Object::Service(s) => services.push(s),
+                    other => {
+                        return Err(CtlError::Usage(format!(
+                            "{file}: {}: reefctl does not write this kind yet",
+                            other.object_ref()
+                        )))
+                    }
+                }
+            }
+            Ok(Some(Manifest::Apply(services)))
         }
         Cmd::Delete { file } => {
             let text = read_manifest(file)?;
             let refs = reef_manifest::parse_refs(&text)
                 .map_err(|e| CtlError::Manifest(file.clone(), Box::new(e)))?;
+            if let Some(r) = refs.iter().find(|r| r.kind != reef_manifest::KIND_SERVICE) {
+                return Err(CtlError::Usage(format!(
+                    "{file}: {r}: reefctl does not delete this kind yet"
+                )));
+            }
             Ok(Some(Manifest::Delete(
                 refs.into_iter().map(|r| (r.namespace, r.name)).collect(),
             )))
