@@ -161,6 +161,24 @@ pub const KIND_SERVICE: &str = "Service";
 pub const KIND_NETWORK_POLICY: &str = "NetworkPolicy";
 pub const KIND_NAMESPACE: &str = "Namespace";
 
+/// Checks a namespace name as Kubernetes does (a DNS-1123 label), for commands that take one
+/// on the command line.
+pub fn check_namespace_name(name: &str) -> Result<(), String> {
+    service::dns1123_label(name).map_err(|why| format!("{name:?} is not a DNS-1123 label: {why}"))
+}
+
+/// Checks a label as the labels of manifests are checked (key not empty, key and value not
+/// too long), for commands that take one on the command line.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let o = Origin::default();
+    service::label_key(&o, key, "label")
+        .and_then(|()| service::label_value(&o, value, "label"))
+        .map_err(|e| match e {
+            ManifestError::Field { message, .. } => format!("label {key:?}: {message}"),
+            other => other.to_string(),
+        })
+}
+
 /// The objects of a manifest, for apply: every object fully validated, all or nothing. An
 /// input with no object (empty, or comments only) gives an empty list.
 pub fn parse_objects(text: &str) -> Result<Vec<Object>, ManifestError> {
