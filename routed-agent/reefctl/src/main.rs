@@ -7,6 +7,7 @@ mod policy_show;
 mod service_show;
 mod services;
 mod show;
+mod trace;
 
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
@@ -118,6 +119,24 @@ enum Cmd {
     Namespace {
         #[command(subcommand)]
         command: NamespaceCmd,
+    },
+    /// Trace a flow through the cluster as it is now: source host, service translation
+    /// (the endpoints it may choose), route or tunnel, destination host, and the verdict at
+    /// each policy point (egress at a source pod, ingress at a destination pod). Exit
+    /// status: 0 allowed, 1 dropped, 2 usage error (bad arguments, unknown pod).
+    #[command(
+        after_help = "SRC and DST are pods (NAMESPACE/NAME, or NAME in default) or \
+        addresses (matched to the pod or node that holds them). PORT/PROTO is e.g. 80/tcp, \
+        53/udp, 5000/sctp; without it the flow is ICMP. A flow to a service is judged on each \
+        endpoint it may be translated to, and is allowed only if every endpoint allows it."
+    )]
+    Trace {
+        #[arg(value_name = "SRC", value_parser = trace::parse_end)]
+        src: trace::EndArg,
+        #[arg(value_name = "DST", value_parser = trace::parse_end)]
+        dst: trace::EndArg,
+        #[arg(value_name = "PORT/PROTO", value_parser = trace::parse_flow)]
+        flow: Option<(reef_schema::policy::L4Protocol, u16)>,
     },
     /// Address management.
     Ipam {
@@ -268,7 +287,18 @@ fn main() -> ExitCode {
                 ),
                 Output::Text => print!("{text}"),
             }
+            // A trace that ends in a drop exits 1, so scripts can assert on it.
+            if matches!(cli.command, Cmd::Trace { .. })
+                && value.get("allowed") != Some(&Value::Bool(true))
+            {
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
+        }
+        // Arguments that name nothing traceable are a usage error, as clap's own.
+        Err(CtlError::Trace(e)) => {
+            eprintln!("reefctl: {e}");
+            ExitCode::from(2)
         }
         Err(e) => fail(describe(&cli, &e)),
     }
@@ -295,6 +325,8 @@ enum CtlError {
     Service(#[from] services::ServiceError),
     #[error(transparent)]
     Policy(#[from] policies::PolicyError),
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
     #[error("{0}: {1}")]
     Manifest(String, #[source] Box<reef_manifest::ManifestError>),
     #[error("cannot read {0}: {1}")]
@@ -459,6 +491,11 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
         } => {
             policies::delete_policy(&mut etcd, namespace, name).await?;
             Ok(policy_show::policy_deleted(namespace, name))
+        }
+        Cmd::Trace { src, dst, flow } => {
+            let state = load_state(&mut etcd).await?;
+            let t = trace::trace(&state, src, dst, *flow)?;
+            Ok(trace::render(&t))
         }
         Cmd::Namespace {
             command: NamespaceCmd::Ls,
