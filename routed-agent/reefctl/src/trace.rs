@@ -15,8 +15,11 @@
 //!   on the endpoint, as Kubernetes does); traffic between a pod and its own node is never
 //!   judged, nor is a pod's traffic to itself.
 //!
-//! Where a source address is rewritten (host processes and node ports of Cluster policy are
-//! masqueraded), the destination's ingress is judged with the rewritten address.
+//! Policy is judged in the forward hook of the pod's own host, after DNAT (prerouting) and
+//! before masquerade (postrouting): a masquerade (host processes' flows to a VIP, node ports
+//! of Cluster policy, natOutgoing towards another node's address) changes the source only
+//! for the host the flow goes on to, where ingress is judged with the rewritten address; an
+//! egress to another node's node port is judged before that node translates it.
 
 use crate::policies::{ClusterState, PodRef};
 use reef_policy::{Pod, Remote, Verdict};
@@ -728,10 +731,12 @@ fn path(
         );
     }
 
-    let same_pod =
-        matches!((src.end, dst.end), (End::Pod(a), End::Pod(b)) if std::ptr::eq(a.0, b.0));
+    // A pod's traffic to its own address never leaves it; through a service it does (the
+    // translation is on its host), and is judged as any other.
+    let same_pod = endpoint.is_none()
+        && matches!((src.end, dst.end), (End::Pod(a), End::Pod(b)) if std::ptr::eq(a.0, b.0));
     let egress = match src.end {
-        End::Pod(p) if same_pod && masq == Masq::None => {
+        End::Pod(p) if same_pod => {
             Judgement::not_judged(&p, "a pod's traffic to itself never leaves it")
         }
         End::Pod(p) if matches!(dst.end, End::Node(n) if n == p.0.node) => Judgement::not_judged(
@@ -761,7 +766,7 @@ fn path(
         _ => Judgement::none("no egress policy point: the source is not a pod"),
     };
     let ingress = match dst.end {
-        End::Pod(q) if same_pod && masq == Masq::None => {
+        End::Pod(q) if same_pod => {
             Judgement::not_judged(&q, "a pod's traffic to itself never leaves it")
         }
         End::Pod(q) if seen_node == Some(q.0.node.as_str()) => Judgement::not_judged(
@@ -967,12 +972,15 @@ pub fn trace(
                         };
                         // Masquerade: host processes' flows to a VIP, and node ports of Cluster
                         // policy whose endpoint is on another node.
+                        // Masquerades the endpoint sees (they happen in postrouting, after the
+                        // forward hook where policy judges): a node port of Cluster policy
+                        // whose endpoint is on another node, and host processes' flows to a
+                        // VIP or their own node's port. A hairpin (a pod its service picked)
+                        // is judged before its masquerade: as the pod to itself.
                         let masq = match (source.end, node) {
-                            (End::Node(n), _) => Masq::On(n),
-                            (_, Some(n)) if !local_only && e.node != n => Masq::On(n),
-                            (End::Pod(p), None) if matches!(end, End::Pod(q) if std::ptr::eq(p.0, q.0)) => {
-                                Masq::On(p.0.node.as_str())
-                            }
+                            (_, Some(r)) if !local_only && e.node != r => Masq::On(r),
+                            (End::Node(n), None) => Masq::On(n),
+                            (End::Node(n), Some(r)) if n == r => Masq::On(n),
                             _ => Masq::None,
                         };
                         let target = Target {

@@ -357,6 +357,47 @@ fn services_are_judged_on_every_endpoint_with_the_target_port() {
 }
 
 #[test]
+fn a_hairpin_is_judged_as_the_pod_to_itself() {
+    // x/b through x/web may reach itself: judged at both points with its own address.
+    let s = cluster("routed", &[policy("deny-all", json!({}))]);
+    let t = run(&s, "x/b", "10.96.0.10", Some("80/tcp"));
+    assert!(!t.allowed);
+    assert!(t.paths.iter().all(|p| !p.allowed), "{t:?}");
+    assert_eq!(t.paths[0].ingress.verdict, "dropped");
+    assert!(
+        !t.paths[0].ingress.text.contains("judged with the source"),
+        "{}",
+        t.paths[0].ingress.text
+    );
+    let same = policy(
+        "allow-same",
+        json!({"ingress": [{"peers": [{"podSelector": {}}]}]}),
+    );
+    let s = cluster("routed", &[same]);
+    let t = run(&s, "x/b", "10.96.0.10", Some("80/tcp"));
+    assert!(t.allowed, "{t:?}");
+    assert_eq!(t.paths[0].ingress.text, "allowed by x/allow-same rule 0");
+}
+
+#[test]
+fn host_processes_to_node_ports() {
+    let from_n1 = policy(
+        "from-n1",
+        json!({"podSelector": {"matchLabels": {"app": "web"}},
+               "ingress": [{"peers": [{"ipBlock": {"cidr": "198.18.1.2/32"}}]}]}),
+    );
+    let s = cluster("routed", &[from_n1]);
+    // n1 to n2's node port: x/b (on n2) sees n1's address; x/c (on n3) sees n2's (masquerade).
+    let t = run(&s, "198.18.1.2", "198.18.1.3", Some("30080/tcp"));
+    let got: Vec<bool> = t.paths.iter().map(|p| p.allowed).collect();
+    assert_eq!(got, [true, false], "{t:?}");
+    // n2 to its own node port: its own pod is not judged; x/c sees n2's address.
+    let t = run(&s, "198.18.1.3", "198.18.1.3", Some("30080/tcp"));
+    assert_eq!(t.paths[0].ingress.verdict, "notJudged");
+    assert_eq!(t.paths[1].ingress.verdict, "dropped");
+}
+
+#[test]
 fn node_ports_masquerade_to_the_node_for_remote_endpoints() {
     // x/b admits only 203.0.113.9 (an outside client); x/c the same.
     let client_only = policy(
