@@ -227,13 +227,19 @@ fn unsupported_or_clashing_manifests_change_nothing() {
         );
         assert_eq!(store(&env), before, "{spec}: etcd changed");
     }
+    // A bad policy beside a good service writes neither.
     let out = env.reefctl_stdin(
         0,
         &["apply", "-f", "-"],
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n",
+        &format!("{valid}apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec: {{ingress: [{{ports: [{{port: http}}]}}]}}\n"),
     );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("NetworkPolicy"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(NetworkPolicy p): spec.ingress[0].ports[0].port: named ports"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(store(&env), before, "etcd changed");
 }
 
 /// 50 `reefctl apply` processes at once, one service each: 50 distinct VIPs and node ports,

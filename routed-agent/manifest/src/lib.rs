@@ -3,9 +3,16 @@
 //!
 //! The input is YAML or JSON text: several documents separated by `---` lines (or JSON values
 //! one after the other), where a `kind: List` document stands for its `items`, and empty
-//! documents are skipped. Each object must be a Kubernetes `v1 Service` of type `ClusterIP` or
-//! `NodePort`, which becomes a [`reef_schema::Service`] (its VIP and node ports may still be
-//! unallocated: reefctl fills them in and checks them against the cluster's ranges).
+//! documents are skipped. Each object must be one of:
+//!
+//! - a Kubernetes `v1 Service` of type `ClusterIP` or `NodePort`, which becomes a
+//!   [`reef_schema::Service`] (its VIP and node ports may still be unallocated: reefctl fills
+//!   them in and checks them against the cluster's ranges);
+//! - a `networking.k8s.io/v1 NetworkPolicy`, which becomes a
+//!   [`reef_schema::policy::NetworkPolicy`] with `policyTypes` defaulted as Kubernetes does
+//!   (Ingress, plus Egress when there are egress rules);
+//! - a `v1 Namespace`, which becomes a [`reef_schema::policy::Namespace`]: its labels, with
+//!   `kubernetes.io/metadata.name` set to its name.
 //!
 //! - [`parse_objects`] (apply) validates everything, all or nothing: one bad document fails the
 //!   whole call, so nothing is written.
@@ -19,8 +26,10 @@
 //! as `spec.ports[0].targetPort`. The crate is pure: no I/O, no panics on any input.
 
 mod documents;
+mod policy;
 mod service;
 
+use reef_schema::policy::{Namespace, NetworkPolicy};
 use reef_schema::Service;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -30,6 +39,8 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
     Service(Service),
+    NetworkPolicy(NetworkPolicy),
+    Namespace(Namespace),
 }
 
 impl Object {
@@ -40,11 +51,23 @@ impl Object {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
             },
+            Object::NetworkPolicy(p) => ObjectRef {
+                kind: KIND_NETWORK_POLICY.to_string(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+            },
+            Object::Namespace(n) => ObjectRef {
+                kind: KIND_NAMESPACE.to_string(),
+                namespace: String::new(),
+                name: n.name.clone(),
+            },
         }
     }
 }
 
-/// Which object a manifest names (what `delete -f` needs).
+/// Which object a manifest names (what `delete -f` needs). `kind` is one of
+/// [`KIND_SERVICE`], [`KIND_NETWORK_POLICY`], [`KIND_NAMESPACE`]; a Namespace (not itself
+/// namespaced) has an empty `namespace`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {
     pub kind: String,
@@ -54,7 +77,11 @@ pub struct ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
     }
 }
 
@@ -104,16 +131,9 @@ pub enum ManifestError {
         field: String,
         message: String,
     },
-    /// A kind Reef will support, but does not yet.
-    #[error("{origin}: kind {kind} (apiVersion {api_version}) is not supported yet")]
-    NotSupportedYet {
-        origin: Origin,
-        api_version: String,
-        kind: String,
-    },
     #[error(
         "{origin}: unsupported object apiVersion {api_version:?}, kind {kind:?} \
-         (Reef reads apiVersion v1, kind Service)"
+         (Reef reads v1 Service, networking.k8s.io/v1 NetworkPolicy and v1 Namespace)"
     )]
     UnsupportedKind {
         origin: Origin,
@@ -137,7 +157,27 @@ fn position(line: Option<usize>, column: Option<usize>) -> String {
     }
 }
 
-pub(crate) const KIND_SERVICE: &str = "Service";
+pub const KIND_SERVICE: &str = "Service";
+pub const KIND_NETWORK_POLICY: &str = "NetworkPolicy";
+pub const KIND_NAMESPACE: &str = "Namespace";
+
+/// Checks a namespace name as Kubernetes does (a DNS-1123 label), for commands that take one
+/// on the command line.
+pub fn check_namespace_name(name: &str) -> Result<(), String> {
+    service::dns1123_label(name).map_err(|why| format!("{name:?} is not a DNS-1123 label: {why}"))
+}
+
+/// Checks a label as the labels of manifests are checked (key not empty, key and value not
+/// too long), for commands that take one on the command line.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let o = Origin::default();
+    service::label_key(&o, key, "label")
+        .and_then(|()| service::label_value(&o, value, "label"))
+        .map_err(|e| match e {
+            ManifestError::Field { message, .. } => format!("label {key:?}: {message}"),
+            other => other.to_string(),
+        })
+}
 
 /// The objects of a manifest, for apply: every object fully validated, all or nothing. An
 /// input with no object (empty, or comments only) gives an empty list.
@@ -148,6 +188,10 @@ pub fn parse_objects(text: &str) -> Result<Vec<Object>, ManifestError> {
         let header = header(&item)?;
         let object = match header.kind {
             Kind::Service => Object::Service(service::service(&header, &item.object)?),
+            Kind::NetworkPolicy => {
+                Object::NetworkPolicy(policy::network_policy(&header, &item.object)?)
+            }
+            Kind::Namespace => Object::Namespace(policy::namespace(&header, &item.object)?),
         };
         seen.check(object.object_ref(), header.origin)?;
         objects.push(object);
@@ -277,17 +321,21 @@ fn is_list(object: &Map<String, Value>) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Service,
+    NetworkPolicy,
+    Namespace,
 }
 
 impl Kind {
     fn as_str(self) -> &'static str {
         match self {
             Kind::Service => KIND_SERVICE,
+            Kind::NetworkPolicy => KIND_NETWORK_POLICY,
+            Kind::Namespace => KIND_NAMESPACE,
         }
     }
 }
 
-/// What every object has: its kind and identity.
+/// What every object has: its kind and identity (a Namespace's `namespace` is empty).
 pub(crate) struct Header {
     kind: Kind,
     pub(crate) origin: Origin,
@@ -309,13 +357,8 @@ fn header(item: &Item) -> Result<Header, ManifestError> {
     }
     let kind = match (api_version, kind) {
         ("v1", KIND_SERVICE) => Kind::Service,
-        ("networking.k8s.io/v1", "NetworkPolicy") | ("v1", "Namespace") => {
-            return Err(ManifestError::NotSupportedYet {
-                api_version: api_version.to_string(),
-                kind: kind.to_string(),
-                origin,
-            })
-        }
+        ("networking.k8s.io/v1", KIND_NETWORK_POLICY) => Kind::NetworkPolicy,
+        ("v1", KIND_NAMESPACE) => Kind::Namespace,
         _ => {
             return Err(ManifestError::UnsupportedKind {
                 api_version: api_version.to_string(),
@@ -344,12 +387,29 @@ fn header(item: &Item) -> Result<Header, ManifestError> {
     }
     let name =
         required_str(&origin, metadata, "name").map_err(|e| rename_field(e, "metadata.name"))?;
-    if let Err(why) = service::dns1035_label(name) {
+    // What Kubernetes checks names of each kind against.
+    let checked = match kind {
+        Kind::Service => service::dns1035_label(name).map_err(|why| ("a DNS-1035 label", why)),
+        Kind::NetworkPolicy => {
+            service::dns1123_subdomain(name).map_err(|why| ("a DNS-1123 subdomain", why))
+        }
+        Kind::Namespace => service::dns1123_label(name).map_err(|why| ("a DNS-1123 label", why)),
+    };
+    if let Err((what, why)) = checked {
         return Err(field(
             &origin,
             "metadata.name",
-            format!("{name:?} is not a DNS-1035 label: {why}"),
+            format!("{name:?} is not {what}: {why}"),
         ));
+    }
+    // A Namespace is not in a namespace (Kubernetes ignores metadata.namespace on it).
+    if kind == Kind::Namespace {
+        return Ok(Header {
+            kind,
+            origin,
+            name: name.to_string(),
+            namespace: String::new(),
+        });
     }
     let namespace = match present(metadata, "namespace") {
         None => DEFAULT_NAMESPACE,

@@ -113,12 +113,17 @@ pub(crate) fn service(
     })
 }
 
-fn not_a(o: &Origin, path: impl Into<String>, wanted: &str, got: &Value) -> ManifestError {
+pub(crate) fn not_a(
+    o: &Origin,
+    path: impl Into<String>,
+    wanted: &str,
+    got: &Value,
+) -> ManifestError {
     field(o, path, format!("must be {wanted}, not {}", type_name(got)))
 }
 
 /// An optional string field.
-fn string<'a>(
+pub(crate) fn string<'a>(
     o: &Origin,
     object: &'a Map<String, Value>,
     key: &str,
@@ -132,7 +137,7 @@ fn string<'a>(
 }
 
 /// An integer (not a float, not a string).
-fn integer(o: &Origin, value: &Value, path: &str) -> Result<i64, ManifestError> {
+pub(crate) fn integer(o: &Origin, value: &Value, path: &str) -> Result<i64, ManifestError> {
     match value {
         Value::Number(n) => match n.as_i64() {
             Some(i) => Ok(i),
@@ -143,7 +148,7 @@ fn integer(o: &Origin, value: &Value, path: &str) -> Result<i64, ManifestError> 
     }
 }
 
-fn port_number(o: &Origin, n: i64, path: &str) -> Result<u16, ManifestError> {
+pub(crate) fn port_number(o: &Origin, n: i64, path: &str) -> Result<u16, ManifestError> {
     match u16::try_from(n) {
         Ok(port) if port >= 1 => Ok(port),
         _ => Err(field(
@@ -247,31 +252,32 @@ fn selector(
     o: &Origin,
     spec: &Map<String, Value>,
 ) -> Result<BTreeMap<String, String>, ManifestError> {
-    const PATH: &str = "spec.selector";
-    let map = match present(spec, "selector") {
-        None => return Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map,
-        Some(other) => return Err(not_a(o, PATH, "a mapping of label keys to values", other)),
+    match present(spec, "selector") {
+        None => Ok(BTreeMap::new()),
+        Some(v) => label_map(o, v, "spec.selector"),
+    }
+}
+
+/// A mapping of label keys to string values (a selector's, or an object's labels); a key's
+/// problems are reported at `PATH[key]`.
+pub(crate) fn label_map(
+    o: &Origin,
+    value: &Value,
+    path: &str,
+) -> Result<BTreeMap<String, String>, ManifestError> {
+    let Value::Object(map) = value else {
+        return Err(not_a(o, path, "a mapping of label keys to values", value));
     };
-    let mut selector = BTreeMap::new();
+    let mut labels = BTreeMap::new();
     for (key, value) in map {
-        if key.is_empty() {
-            return Err(field(o, PATH, "a label key must not be empty"));
-        }
-        let path = format!("{PATH}[{key}]");
-        if key.chars().count() > MAX_LABEL_KEY {
-            return Err(field(
-                o,
-                path,
-                format!("a label key is at most {MAX_LABEL_KEY} characters"),
-            ));
-        }
+        label_key(o, key, path)?;
+        let at = format!("{path}[{key}]");
         let value = match value {
             Value::String(v) => v,
             other => {
                 return Err(field(
                     o,
-                    path,
+                    at,
                     format!(
                         "a label value must be a string, not {} (quote it)",
                         type_name(other)
@@ -279,16 +285,37 @@ fn selector(
                 ))
             }
         };
-        if value.chars().count() > MAX_LABEL_VALUE {
-            return Err(field(
-                o,
-                path,
-                format!("a label value is at most {MAX_LABEL_VALUE} characters"),
-            ));
-        }
-        selector.insert(key.clone(), value.clone());
+        label_value(o, value, &at)?;
+        labels.insert(key.clone(), value.clone());
     }
-    Ok(selector)
+    Ok(labels)
+}
+
+/// A label key: not empty, at most [`MAX_LABEL_KEY`] characters (`path` is its container).
+pub(crate) fn label_key(o: &Origin, key: &str, path: &str) -> Result<(), ManifestError> {
+    if key.is_empty() {
+        return Err(field(o, path, "a label key must not be empty"));
+    }
+    if key.chars().count() > MAX_LABEL_KEY {
+        return Err(field(
+            o,
+            format!("{path}[{key}]"),
+            format!("a label key is at most {MAX_LABEL_KEY} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: at most [`MAX_LABEL_VALUE`] characters.
+pub(crate) fn label_value(o: &Origin, value: &str, path: &str) -> Result<(), ManifestError> {
+    if value.chars().count() > MAX_LABEL_VALUE {
+        return Err(field(
+            o,
+            path,
+            format!("a label value is at most {MAX_LABEL_VALUE} characters"),
+        ));
+    }
+    Ok(())
 }
 
 fn ports(
@@ -598,6 +625,31 @@ pub(crate) fn dns1123_label(s: &str) -> Result<(), &'static str> {
     match s.bytes().next() {
         Some(b) if b.is_ascii_lowercase() || b.is_ascii_digit() => Ok(()),
         _ => Err("must start with a lowercase letter or a digit"),
+    }
+}
+
+/// An RFC 1123 subdomain, as Kubernetes checks most object names (NetworkPolicy's):
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?` parts joined by '.', at most 253 characters.
+pub(crate) fn dns1123_subdomain(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("must not be empty");
+    }
+    if s.len() > 253 {
+        return Err("must be at most 253 characters");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err("may contain only lowercase letters, digits, '-' and '.'");
+    }
+    let alnum = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if s.split('.')
+        .all(|part| alnum(part.bytes().next()) && alnum(part.bytes().last()))
+    {
+        Ok(())
+    } else {
+        Err("must start and end with a lowercase letter or a digit, and so must each part between dots")
     }
 }
 

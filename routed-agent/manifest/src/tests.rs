@@ -24,6 +24,7 @@ fn services(text: &str) -> Vec<Service> {
             .into_iter()
             .map(|o| match o {
                 Object::Service(s) => s,
+                other => panic!("{text}\n-> not a service: {other:?}"),
             })
             .collect(),
         Err(e) => panic!("{text}\n-> {e}"),
@@ -602,30 +603,14 @@ fn every_refusal_names_its_field() {
 }
 
 #[test]
-fn kinds_not_supported_yet_and_unsupported_ones() {
-    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\nspec: {podSelector: {}}\n";
-    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
-    for text in [policy, namespace] {
-        for result in [
-            parse_objects(text).map(|_| ()),
-            parse_refs(text).map(|_| ()),
-        ] {
-            let e = result.expect_err(text);
-            assert!(matches!(e, ManifestError::NotSupportedYet { .. }), "{e:?}");
-            assert!(e.to_string().contains("not supported yet"), "{e}");
-        }
-    }
-    let e = parse_objects(policy).expect_err("policy");
-    assert_eq!(
-        e.to_string(),
-        "document 1 (NetworkPolicy deny): kind NetworkPolicy (apiVersion networking.k8s.io/v1) is not supported yet"
-    );
-
+fn unsupported_kinds() {
     for (api_version, kind) in [
         ("apps/v1", "Deployment"),
         ("v2", "Service"),
         ("v1", "NetworkPolicy"),
+        ("networking.k8s.io/v1beta1", "NetworkPolicy"),
         ("networking.k8s.io/v1", "Ingress"),
+        ("networking.k8s.io/v1", "Namespace"),
         ("v1", "ServiceList"),
     ] {
         let text = format!("apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: x}}\n");
@@ -634,7 +619,8 @@ fn kinds_not_supported_yet_and_unsupported_ones() {
         let message = e.to_string();
         assert!(
             message.contains(&format!("apiVersion {api_version:?}"))
-                && message.contains(&format!("kind {kind:?}")),
+                && message.contains(&format!("kind {kind:?}"))
+                && message.contains("NetworkPolicy and v1 Namespace"),
             "{message}"
         );
     }
@@ -975,5 +961,782 @@ fn pathological_inputs_end_in_errors() {
             "{:?}",
             &text[..text.len().min(60)]
         );
+    }
+}
+
+// NetworkPolicy and Namespace.
+
+use reef_schema::policy::{
+    IpBlock, L4Protocol, LabelSelector, Namespace, NetworkPolicy, Operator, Peer, PolicyPort,
+    PolicyRule, PolicyType, Requirement, NAME_LABEL,
+};
+
+fn objects(text: &str) -> Vec<Object> {
+    parse_objects(text).unwrap_or_else(|e| panic!("{text}\n-> {e}"))
+}
+
+fn one_policy(text: &str) -> NetworkPolicy {
+    match objects(text).as_slice() {
+        [Object::NetworkPolicy(p)] => p.clone(),
+        other => panic!("{text}\n-> {other:?}"),
+    }
+}
+
+/// A NetworkPolicy named p in namespace x with this (flow-style) spec.
+fn np(spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {spec}\n"
+    )
+}
+
+fn select(kv: &[(&str, &str)]) -> LabelSelector {
+    LabelSelector {
+        match_labels: labels(kv),
+        match_expressions: vec![],
+    }
+}
+
+fn tcp(port: u16) -> PolicyPort {
+    PolicyPort {
+        protocol: L4Protocol::Tcp,
+        port: Some(port),
+        end_port: None,
+    }
+}
+
+const POLICIES: &str = r#"# The upstream e2e shapes, as operators write them.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: x
+  labels: {ns: x, team: blue}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: x}
+spec:
+  podSelector: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-same, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - podSelector: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web.from-y, namespace: x}
+spec:
+  podSelector:
+    matchLabels: {pod: a}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    # AND: pods b of namespaces labelled ns in (y)
+    - namespaceSelector:
+        matchExpressions:
+        - {key: ns, operator: In, values: [y]}
+      podSelector:
+        matchLabels: {pod: b}
+    # OR: anything in 192.0.2.0/24 but 192.0.2.128/25
+    - ipBlock:
+        cidr: 192.0.2.0/24
+        except: [192.0.2.128/25]
+    ports:
+    - port: 80
+    - {protocol: UDP, port: 5000, endPort: 5100}
+    - protocol: SCTP
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-dns}
+spec:
+  podSelector:
+    matchExpressions:
+    - {key: pod, operator: NotIn, values: [c]}
+    - {key: debug, operator: DoesNotExist}
+    - {key: pod, operator: Exists}
+  egress:
+  - to:
+    - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}}
+    ports:
+    - {protocol: UDP, port: 53}
+  - {}
+"#;
+
+#[test]
+fn a_realistic_policy_input() {
+    let got = objects(POLICIES);
+    let ns = Namespace::new("x", labels(&[("ns", "x"), ("team", "blue")]));
+    let deny_all = NetworkPolicy {
+        namespace: "x".into(),
+        name: "deny-all".into(),
+        pod_selector: LabelSelector::default(),
+        policy_types: vec![PolicyType::Ingress],
+        ingress: vec![],
+        egress: vec![],
+    };
+    let allow_same = NetworkPolicy {
+        name: "allow-same".into(),
+        ingress: vec![PolicyRule {
+            peers: vec![Peer {
+                pod_selector: Some(LabelSelector::default()),
+                namespace_selector: None,
+                ip_block: None,
+            }],
+            ports: vec![],
+        }],
+        ..deny_all.clone()
+    };
+    let from_y = NetworkPolicy {
+        name: "web.from-y".into(),
+        pod_selector: select(&[("pod", "a")]),
+        ingress: vec![PolicyRule {
+            peers: vec![
+                Peer {
+                    pod_selector: Some(select(&[("pod", "b")])),
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: BTreeMap::new(),
+                        match_expressions: vec![Requirement {
+                            key: "ns".into(),
+                            operator: Operator::In,
+                            values: vec!["y".into()],
+                        }],
+                    }),
+                    ip_block: None,
+                },
+                Peer {
+                    pod_selector: None,
+                    namespace_selector: None,
+                    ip_block: Some(IpBlock {
+                        cidr: "192.0.2.0/24".parse().expect("cidr"),
+                        except: vec!["192.0.2.128/25".parse().expect("cidr")],
+                    }),
+                },
+            ],
+            ports: vec![
+                tcp(80),
+                PolicyPort {
+                    protocol: L4Protocol::Udp,
+                    port: Some(5000),
+                    end_port: Some(5100),
+                },
+                PolicyPort {
+                    protocol: L4Protocol::Sctp,
+                    port: None,
+                    end_port: None,
+                },
+            ],
+        }],
+        ..deny_all.clone()
+    };
+    let req = |key: &str, operator, values: &[&str]| Requirement {
+        key: key.into(),
+        operator,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    let egress_dns = NetworkPolicy {
+        namespace: "default".into(),
+        name: "egress-dns".into(),
+        pod_selector: LabelSelector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![
+                req("pod", Operator::NotIn, &["c"]),
+                req("debug", Operator::DoesNotExist, &[]),
+                req("pod", Operator::Exists, &[]),
+            ],
+        },
+        // Defaulted: egress rules are present.
+        policy_types: vec![PolicyType::Ingress, PolicyType::Egress],
+        ingress: vec![],
+        egress: vec![
+            PolicyRule {
+                peers: vec![Peer {
+                    pod_selector: None,
+                    namespace_selector: Some(select(&[(NAME_LABEL, "kube-system")])),
+                    ip_block: None,
+                }],
+                ports: vec![PolicyPort {
+                    protocol: L4Protocol::Udp,
+                    port: Some(53),
+                    end_port: None,
+                }],
+            },
+            PolicyRule::default(),
+        ],
+    };
+    assert_eq!(
+        got,
+        vec![
+            Object::Namespace(ns),
+            Object::NetworkPolicy(deny_all),
+            Object::NetworkPolicy(allow_same),
+            Object::NetworkPolicy(from_y),
+            Object::NetworkPolicy(egress_dns),
+        ]
+    );
+    let refs: Vec<String> = parse_refs(POLICIES)
+        .expect("refs")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        refs,
+        [
+            "Namespace x",
+            "NetworkPolicy x/deny-all",
+            "NetworkPolicy x/allow-same",
+            "NetworkPolicy x/web.from-y",
+            "NetworkPolicy default/egress-dns",
+        ]
+    );
+    let from_objects: Vec<ObjectRef> = got.iter().map(Object::object_ref).collect();
+    assert_eq!(from_objects, parse_refs(POLICIES).expect("refs"));
+}
+
+/// What `kubectl get networkpolicy,namespace -o yaml` prints (a List, with status and
+/// managed fields).
+const EXPORTED_POLICY: &str = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"annotations":{},"name":"allow-80","namespace":"x"},"spec":{"ingress":[{"ports":[{"port":80}]}],"podSelector":{}}}
+    creationTimestamp: "2024-05-01T10:00:00Z"
+    generation: 1
+    managedFields:
+    - apiVersion: networking.k8s.io/v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:spec:
+          f:ingress: {}
+          f:podSelector: {}
+          f:policyTypes: {}
+      manager: kubectl-client-side-apply
+      operation: Update
+    name: allow-80
+    namespace: x
+    resourceVersion: "812"
+    uid: 6f1c2a3e-0000-4c1e-9d0e-5f3c2a1b9e77
+  spec:
+    ingress:
+    - ports:
+      - port: 80
+        protocol: TCP
+    podSelector: {}
+    policyTypes:
+    - Ingress
+  status: {}
+- apiVersion: v1
+  kind: Namespace
+  metadata:
+    creationTimestamp: "2024-05-01T09:00:00Z"
+    labels:
+      kubernetes.io/metadata.name: x
+      ns: x
+    name: x
+    resourceVersion: "700"
+    uid: 0b7c1c3e-8a55-4c1e-9d0e-5f3c2a1b9e77
+  spec:
+    finalizers:
+    - kubernetes
+  status:
+    phase: Active
+"#;
+
+#[test]
+fn exported_policies_and_namespaces() {
+    let got = objects(EXPORTED_POLICY);
+    assert_eq!(
+        got,
+        vec![
+            Object::NetworkPolicy(NetworkPolicy {
+                namespace: "x".into(),
+                name: "allow-80".into(),
+                pod_selector: LabelSelector::default(),
+                policy_types: vec![PolicyType::Ingress],
+                ingress: vec![PolicyRule {
+                    peers: vec![],
+                    ports: vec![tcp(80)],
+                }],
+                egress: vec![],
+            }),
+            Object::Namespace(Namespace::new("x", labels(&[("ns", "x")]))),
+        ]
+    );
+}
+
+#[test]
+fn policy_types_default_as_kubernetes_does() {
+    use PolicyType::{Egress, Ingress};
+    let cases: &[(&str, &[PolicyType])] = &[
+        ("{podSelector: {}}", &[Ingress]),
+        ("{}", &[Ingress]),
+        ("{podSelector: {}, ingress: [{}]}", &[Ingress]),
+        ("{podSelector: {}, egress: [{}]}", &[Ingress, Egress]),
+        // Kubernetes adds Egress only for a non-empty egress list.
+        ("{podSelector: {}, egress: []}", &[Ingress]),
+        ("{podSelector: {}, egress: null}", &[Ingress]),
+        (
+            "{podSelector: {}, policyTypes: [], egress: [{}]}",
+            &[Ingress, Egress],
+        ),
+        ("{podSelector: {}, policyTypes: [Egress]}", &[Egress]),
+        (
+            "{podSelector: {}, policyTypes: [Egress], ingress: [{}]}",
+            &[Egress],
+        ),
+        (
+            "{podSelector: {}, policyTypes: [Egress, Ingress]}",
+            &[Ingress, Egress],
+        ),
+        (
+            "{podSelector: {}, policyTypes: [Ingress], egress: [{}]}",
+            &[Ingress],
+        ),
+    ];
+    for (spec, want) in cases {
+        assert_eq!(one_policy(&np(spec)).policy_types, *want, "{spec}");
+    }
+}
+
+#[test]
+fn policy_forms_that_are_accepted() {
+    type Check = fn(&NetworkPolicy) -> bool;
+    let cases: &[(&str, Check)] = &[
+        // Empty from/to/ports mean all; null is absent.
+        ("{ingress: [{from: [], ports: []}]}", |p| {
+            p.ingress == [PolicyRule::default()]
+        }),
+        ("{ingress: [{from: null, ports: null}]}", |p| {
+            p.ingress == [PolicyRule::default()]
+        }),
+        (
+            "{podSelector: null, ingress: [{from: [{podSelector: null, namespaceSelector: {}}]}]}",
+            |p| {
+                p.pod_selector.is_empty()
+                    && p.ingress[0].peers[0].pod_selector.is_none()
+                    && p.ingress[0].peers[0].namespace_selector == Some(LabelSelector::default())
+            },
+        ),
+        // Host bits of a CIDR are cleared, as Kubernetes reads it.
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.1.2.3/16, except: [10.1.9.9/24]}}]}]}",
+            |p| {
+                let b = p.ingress[0].peers[0].ip_block.as_ref().expect("block");
+                b.cidr.to_string() == "10.1.0.0/16" && b.except[0].to_string() == "10.1.9.0/24"
+            },
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 'fd00::/48', except: ['fd00:0:0:1::/64']}}]}]}",
+            |p| {
+                p.ingress[0].peers[0]
+                    .ip_block
+                    .as_ref()
+                    .is_some_and(|b| !b.cidr.is_ipv4())
+            },
+        ),
+        ("{ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0}}]}]}", |p| {
+            p.ingress[0].peers[0]
+                .ip_block
+                .as_ref()
+                .is_some_and(|b| b.cidr.prefix() == 0)
+        }),
+        // A port without a number is every port of its protocol; endPort == port is one port.
+        (
+            "{ingress: [{ports: [{}, {protocol: UDP}, {port: 80, endPort: 80}]}]}",
+            |p| {
+                p.ingress[0].ports
+                    == [
+                        PolicyPort {
+                            protocol: L4Protocol::Tcp,
+                            port: None,
+                            end_port: None,
+                        },
+                        PolicyPort {
+                            protocol: L4Protocol::Udp,
+                            port: None,
+                            end_port: None,
+                        },
+                        PolicyPort {
+                            protocol: L4Protocol::Tcp,
+                            port: Some(80),
+                            end_port: Some(80),
+                        },
+                    ]
+            },
+        ),
+        ("{ingress: [{ports: [{port: 1, endPort: 65535}]}]}", |p| {
+            p.ingress[0].ports[0].end_port == Some(65535)
+        }),
+        (
+            "{podSelector: {matchLabels: {app.kubernetes.io/name: web, empty: ''}}}",
+            |p| {
+                p.pod_selector.match_labels
+                    == labels(&[("app.kubernetes.io/name", "web"), ("empty", "")])
+            },
+        ),
+        (
+            "{podSelector: {matchLabels: {}, matchExpressions: []}}",
+            |p| p.pod_selector.is_empty(),
+        ),
+    ];
+    for (spec, check) in cases {
+        let p = one_policy(&np(spec));
+        assert!(check(&p), "{spec}: {p:?}");
+    }
+    // The default namespace, and names that are subdomains.
+    let p = one_policy(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a.b-c.0}\nspec: {}\n",
+    );
+    assert_eq!(
+        (p.namespace.as_str(), p.name.as_str()),
+        ("default", "a.b-c.0")
+    );
+}
+
+#[test]
+fn every_policy_refusal_names_its_field() {
+    let cases: &[(&str, &str)] = &[
+        // spec
+        ("[podSelector]", "spec"),
+        ("{podselector: {}}", "spec.podselector"),
+        ("{podSelector: {}, status: {}}", "spec.status"),
+        // selectors
+        ("{podSelector: [a]}", "spec.podSelector"),
+        ("{podSelector: {app: web}}", "spec.podSelector.app"),
+        ("{podSelector: {matchLabels: [app]}}", "spec.podSelector.matchLabels"),
+        ("{podSelector: {matchLabels: {app: 1}}}", "spec.podSelector.matchLabels[app]"),
+        ("{podSelector: {matchLabels: {'': x}}}", "spec.podSelector.matchLabels"),
+        ("{podSelector: {matchExpressions: {key: a}}}", "spec.podSelector.matchExpressions"),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: in, values: [b]}]}}",
+            "spec.podSelector.matchExpressions[0].operator",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: Gt, values: ['1']}]}}",
+            "spec.podSelector.matchExpressions[0].operator",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, values: [b]}]}}",
+            "spec.podSelector.matchExpressions[0].operator",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{operator: Exists}]}}",
+            "spec.podSelector.matchExpressions[0].key",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: In}]}}",
+            "spec.podSelector.matchExpressions[0].values",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: NotIn, values: []}]}}",
+            "spec.podSelector.matchExpressions[0].values",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: Exists, values: [b]}]}}",
+            "spec.podSelector.matchExpressions[0].values",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: DoesNotExist, values: [b]}]}}",
+            "spec.podSelector.matchExpressions[0].values",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: In, values: [1]}]}}",
+            "spec.podSelector.matchExpressions[0].values[0]",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: In, values: b}]}}",
+            "spec.podSelector.matchExpressions[0].values",
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: Exists, value: b}]}}",
+            "spec.podSelector.matchExpressions[0].value",
+        ),
+        // policyTypes
+        ("{policyTypes: Ingress}", "spec.policyTypes"),
+        ("{policyTypes: [ingress]}", "spec.policyTypes[0]"),
+        ("{policyTypes: [Ingress, Both]}", "spec.policyTypes[1]"),
+        ("{policyTypes: [Ingress, Ingress]}", "spec.policyTypes[1]"),
+        ("{policyTypes: [1]}", "spec.policyTypes[0]"),
+        // rules
+        ("{ingress: {from: []}}", "spec.ingress"),
+        ("{ingress: [null]}", "spec.ingress[0]"),
+        ("{ingress: [{to: []}]}", "spec.ingress[0].to"),
+        ("{egress: [{from: []}]}", "spec.egress[0].from"),
+        ("{ingress: [{from: {podSelector: {}}}]}", "spec.ingress[0].from"),
+        ("{egress: [{}, {to: [7]}]}", "spec.egress[1].to[0]"),
+        // peers
+        ("{ingress: [{from: [{}]}]}", "spec.ingress[0].from[0]"),
+        ("{ingress: [{from: [{podSelector: null}]}]}", "spec.ingress[0].from[0]"),
+        ("{ingress: [{from: [{pods: {}}]}]}", "spec.ingress[0].from[0].pods"),
+        (
+            "{ingress: [{from: [{podSelector: {}, ipBlock: {cidr: 10.0.0.0/8}}]}]}",
+            "spec.ingress[0].from[0].ipBlock",
+        ),
+        (
+            "{egress: [{to: [{namespaceSelector: {}, ipBlock: {cidr: 10.0.0.0/8}}]}]}",
+            "spec.egress[0].to[0].ipBlock",
+        ),
+        (
+            "{ingress: [{from: [{namespaceSelector: {matchLabels: {ns: [y]}}}]}]}",
+            "spec.ingress[0].from[0].namespaceSelector.matchLabels[ns]",
+        ),
+        // ipBlock
+        ("{ingress: [{from: [{ipBlock: {}}]}]}", "spec.ingress[0].from[0].ipBlock.cidr"),
+        ("{ingress: [{from: [{ipBlock: 10.0.0.0/8}]}]}", "spec.ingress[0].from[0].ipBlock"),
+        ("{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0}}]}]}", "spec.ingress[0].from[0].ipBlock.cidr"),
+        ("{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}", "spec.ingress[0].from[0].ipBlock.cidr"),
+        ("{ingress: [{from: [{ipBlock: {cidr: nope/8}}]}]}", "spec.ingress[0].from[0].ipBlock.cidr"),
+        ("{ingress: [{from: [{ipBlock: {cidr: 10}}]}]}", "spec.ingress[0].from[0].ipBlock.cidr"),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [bad]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: 10.1.0.0/16}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except",
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.1.0/24, 10.1.0.0/24]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[1]",
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/8]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: ['fd00::/64']}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+        ),
+        (
+            "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, exclude: []}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.exclude",
+        ),
+        // ports
+        ("{ingress: [{ports: 80}]}", "spec.ingress[0].ports"),
+        ("{ingress: [{ports: [80]}]}", "spec.ingress[0].ports[0]"),
+        ("{ingress: [{ports: [{port: http}]}]}", "spec.ingress[0].ports[0].port"),
+        ("{ingress: [{ports: [{port: '80'}]}]}", "spec.ingress[0].ports[0].port"),
+        ("{ingress: [{ports: [{port: 0}]}]}", "spec.ingress[0].ports[0].port"),
+        ("{ingress: [{ports: [{port: 65536}]}]}", "spec.ingress[0].ports[0].port"),
+        ("{ingress: [{ports: [{port: 80.5}]}]}", "spec.ingress[0].ports[0].port"),
+        ("{ingress: [{ports: [{port: 80, protocol: tcp}]}]}", "spec.ingress[0].ports[0].protocol"),
+        ("{ingress: [{ports: [{port: 80, protocol: ICMP}]}]}", "spec.ingress[0].ports[0].protocol"),
+        ("{ingress: [{ports: [{port: 80, protocol: 6}]}]}", "spec.ingress[0].ports[0].protocol"),
+        ("{egress: [{ports: [{endPort: 90}]}]}", "spec.egress[0].ports[0].endPort"),
+        ("{egress: [{ports: [{port: 90, endPort: 80}]}]}", "spec.egress[0].ports[0].endPort"),
+        ("{egress: [{ports: [{port: 80, endPort: 70000}]}]}", "spec.egress[0].ports[0].endPort"),
+        ("{egress: [{ports: [{port: 80, endPort: '90'}]}]}", "spec.egress[0].ports[0].endPort"),
+        ("{egress: [{ports: [{port: http, endPort: 90}]}]}", "spec.egress[0].ports[0].port"),
+        ("{egress: [{ports: [{port: 80, hostPort: 80}]}]}", "spec.egress[0].ports[0].hostPort"),
+    ];
+    for (spec, path) in cases {
+        let (field, message) = field_error(&np(spec));
+        assert_eq!(field, *path, "{spec}: {message}");
+        assert!(
+            message.starts_with(&format!("document 1 (NetworkPolicy p): {path}: ")),
+            "{spec}: {message}"
+        );
+    }
+    // The messages the brief promises.
+    let (_, message) = field_error(&np("{ingress: [{ports: [{port: http}]}]}"));
+    assert_eq!(
+        message,
+        "document 1 (NetworkPolicy p): spec.ingress[0].ports[0].port: named ports are not supported (pods carry no container ports here)"
+    );
+    let (_, message) = field_error(&np(
+        "{ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}",
+    ));
+    assert!(
+        message.ends_with("10.1.0.0/24 is not strictly inside cidr 10.0.0.0/16"),
+        "{message}"
+    );
+
+    let head = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n";
+    let objects: &[(String, &str)] = &[
+        (format!("{head}metadata: {{name: p}}\n"), "spec"),
+        (
+            format!("{head}metadata: {{name: p}}\nspec: {{}}\nextra: 1\n"),
+            "extra",
+        ),
+        (
+            format!("{head}metadata: {{name: P}}\nspec: {{}}\n"),
+            "metadata.name",
+        ),
+        (
+            format!("{head}metadata: {{name: p..q}}\nspec: {{}}\n"),
+            "metadata.name",
+        ),
+        (
+            format!("{head}metadata: {{name: p.}}\nspec: {{}}\n"),
+            "metadata.name",
+        ),
+        (
+            format!("{head}metadata: {{name: p_q}}\nspec: {{}}\n"),
+            "metadata.name",
+        ),
+        (
+            format!(
+                "{head}metadata: {{name: {}}}\nspec: {{}}\n",
+                "a".repeat(254)
+            ),
+            "metadata.name",
+        ),
+        (
+            format!("{head}metadata: {{name: p, namespace: X}}\nspec: {{}}\n"),
+            "metadata.namespace",
+        ),
+    ];
+    for (text, path) in objects {
+        let (field, message) = field_error(text);
+        assert_eq!(field, *path, "{text}: {message}");
+    }
+}
+
+#[test]
+fn namespaces_carry_their_name_label() {
+    let ns = |meta: &str, rest: &str| match objects(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {meta}\n{rest}"
+    ))
+    .as_slice()
+    {
+        [Object::Namespace(n)] => n.clone(),
+        other => panic!("{meta}: {other:?}"),
+    };
+    assert_eq!(ns("{name: x}", ""), Namespace::implicit("x"));
+    assert_eq!(
+        ns(
+            "{name: x, labels: {ns: x, kubernetes.io/metadata.name: x}}",
+            ""
+        ),
+        Namespace::new("x", labels(&[("ns", "x")]))
+    );
+    // Not namespaced: metadata.namespace is ignored, as Kubernetes does.
+    assert_eq!(
+        ns(
+            "{name: x, namespace: y}",
+            "spec: {finalizers: [kubernetes]}\nstatus: {phase: Active}\n"
+        ),
+        Namespace::implicit("x")
+    );
+    assert_eq!(
+        ns("{name: 0x, labels: null}", ""),
+        Namespace::implicit("0x")
+    );
+
+    let cases: &[(&str, &str)] = &[
+        (
+            "metadata: {name: x, labels: {kubernetes.io/metadata.name: y}}\n",
+            "metadata.labels[kubernetes.io/metadata.name]",
+        ),
+        ("metadata: {name: x, labels: [ns]}\n", "metadata.labels"),
+        (
+            "metadata: {name: x, labels: {ns: 1}}\n",
+            "metadata.labels[ns]",
+        ),
+        ("metadata: {name: x.y}\n", "metadata.name"),
+        ("metadata: {name: X}\n", "metadata.name"),
+        (
+            "metadata: {name: x}\nspec: {finalizers: [kubernetes], other: 1}\n",
+            "spec.other",
+        ),
+        ("metadata: {name: x}\nspec: [a]\n", "spec"),
+        ("metadata: {name: x}\ndata: {}\n", "data"),
+    ];
+    for (rest, path) in cases {
+        let text = format!("apiVersion: v1\nkind: Namespace\n{rest}");
+        let (field, message) = field_error(&text);
+        assert_eq!(field, *path, "{text}: {message}");
+        assert!(message.starts_with("document 1 (Namespace "), "{message}");
+    }
+}
+
+#[test]
+fn refs_and_duplicates_of_the_new_kinds() {
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, namespace: ignored}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {whatever: 1}}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: p, namespace: x}\n";
+    assert_eq!(
+        parse_refs(text),
+        Ok(vec![
+            ObjectRef {
+                kind: KIND_NAMESPACE.into(),
+                namespace: String::new(),
+                name: "x".into()
+            },
+            ObjectRef {
+                kind: KIND_NETWORK_POLICY.into(),
+                namespace: "x".into(),
+                name: "p".into()
+            },
+            ObjectRef {
+                kind: KIND_SERVICE.into(),
+                namespace: "x".into(),
+                name: "p".into()
+            },
+        ]),
+        "a policy and a service may share a name; refs read only the identity"
+    );
+    let policy = np("{}");
+    let twice = format!(
+        "{policy}---\n{}",
+        policy.replace("namespace: x", "namespace: x ")
+    );
+    let e = parse_objects(&twice).expect_err("duplicate");
+    assert_eq!(
+        e.to_string(),
+        "document 2 (NetworkPolicy p): NetworkPolicy x/p is defined twice (first in document 1 (NetworkPolicy p))"
+    );
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+    let e = parse_refs(&format!(
+        "{ns}---\n{}",
+        ns.replace("{name: x}", "{name: x, namespace: q}")
+    ))
+    .expect_err("duplicate");
+    assert!(
+        e.to_string().contains("Namespace x is defined twice"),
+        "{e}"
+    );
+    // One bad policy fails a file of good services.
+    let text = format!(
+        "{}---\n{}",
+        svc("{ports: [{port: 80}]}"),
+        np("{ingress: [{ports: [{port: http}]}]}")
+    );
+    assert!(parse_objects(&text).is_err());
+}
+
+#[test]
+fn mutated_policies_never_panic() {
+    const INTERESTING: &[u8] = b":-[]{}\"'\n #&*!|>?,./0123456789aZ\t%@\\~";
+    let seeds = [POLICIES, EXPORTED_POLICY];
+    let mut rng = Rng(0x0bad_cafe_f00d);
+    for round in 0..600 {
+        let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
+        for _ in 0..1 + rng.below(8) {
+            let at = rng.below(bytes.len());
+            match rng.below(3) {
+                0 => bytes[at] = INTERESTING[rng.below(INTERESTING.len())],
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => bytes[at] = rng.next() as u8,
+            }
+        }
+        exercise(&String::from_utf8_lossy(&bytes));
+    }
+    for seed in [POLICIES, EXPORTED_POLICY] {
+        for (at, _) in seed.char_indices() {
+            exercise(&seed[..at]);
+        }
     }
 }

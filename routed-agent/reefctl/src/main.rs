@@ -1,9 +1,13 @@
 //! reefctl: the operator CLI for a Reef cluster (state in etcd).
 
 mod admin;
+mod objects;
+mod policies;
+mod policy_show;
 mod service_show;
 mod services;
 mod show;
+mod trace;
 
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
@@ -81,14 +85,18 @@ enum Cmd {
         force: bool,
     },
     /// Create or update the objects of Kubernetes manifests (YAML or JSON; several documents
-    /// separated by `---`, or a `kind: List`): v1 Service. Every document is checked before
-    /// anything is written.
+    /// separated by `---`, or a `kind: List`): v1 Service, networking.k8s.io/v1
+    /// NetworkPolicy, v1 Namespace (its labels, which a Namespace apply replaces). Every
+    /// document is checked before anything is written.
     Apply {
         /// The manifest file, or `-` for stdin.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
     },
-    /// Delete the objects a manifest names (kind, namespace, name).
+    /// Delete the objects a manifest names (kind, namespace, name). Deleting a Namespace
+    /// deletes only its record: the namespace keeps its policies (Kubernetes would delete
+    /// them with it) and goes back to the one label every namespace has,
+    /// kubernetes.io/metadata.name=<name>.
     Delete {
         /// The manifest file, or `-` for stdin.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
@@ -99,6 +107,36 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         command: ServiceCmd,
+    },
+    /// Network policies (Kubernetes NetworkPolicy semantics).
+    #[command(alias = "netpol")]
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+    /// Namespaces: the labels policies' namespaceSelectors read.
+    #[command(alias = "ns")]
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCmd,
+    },
+    /// Trace a flow through the cluster as it is now: source host, service translation
+    /// (the endpoints it may choose), route or tunnel, destination host, and the verdict at
+    /// each policy point (egress at a source pod, ingress at a destination pod). Exit
+    /// status: 0 allowed, 1 dropped, 2 usage error (bad arguments, unknown pod).
+    #[command(
+        after_help = "SRC and DST are pods (NAMESPACE/NAME, or NAME in default) or \
+        addresses (matched to the pod or node that holds them). PORT/PROTO is e.g. 80/tcp, \
+        53/udp, 5000/sctp; without it the flow is ICMP. A flow to a service is judged on each \
+        endpoint it may be translated to, and is allowed only if every endpoint allows it."
+    )]
+    Trace {
+        #[arg(value_name = "SRC", value_parser = trace::parse_end)]
+        src: trace::EndArg,
+        #[arg(value_name = "DST", value_parser = trace::parse_end)]
+        dst: trace::EndArg,
+        #[arg(value_name = "PORT/PROTO", value_parser = trace::parse_flow)]
+        flow: Option<(reef_schema::policy::L4Protocol, u16)>,
     },
     /// Address management.
     Ipam {
@@ -167,6 +205,50 @@ enum ServiceCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// List policies: namespace, name, pod selector, policy types.
+    Ls {
+        /// Namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
+    },
+    /// One policy: the pods it selects now (node, addresses), each rule's peers as resolved
+    /// now, its ports, and the packets it allowed and dropped (summed over the agents).
+    Show {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a policy.
+    Rm {
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCmd {
+    /// List namespaces: applied ones and those that exist implicitly (pods, services or
+    /// policies in them), with their labels.
+    Ls,
+    /// Set (KEY=VALUE) or remove (KEY-) labels of a namespace, creating its record if it has
+    /// none. kubernetes.io/metadata.name is always the namespace's name.
+    Label {
+        namespace: String,
+        #[arg(
+            value_name = "KEY=VALUE|KEY-",
+            required = true,
+            allow_hyphen_values = true
+        )]
+        labels: Vec<String>,
+    },
+}
+
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
     PortRange::parse(s)
         .ok_or_else(|| format!("{s:?} is not a port range A-B (1 <= A <= B <= 65535)"))
@@ -205,7 +287,18 @@ fn main() -> ExitCode {
                 ),
                 Output::Text => print!("{text}"),
             }
+            // A trace that ends in a drop exits 1, so scripts can assert on it.
+            if matches!(cli.command, Cmd::Trace { .. })
+                && value.get("allowed") != Some(&Value::Bool(true))
+            {
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
+        }
+        // Arguments that name nothing traceable are a usage error, as clap's own.
+        Err(CtlError::Trace(e)) => {
+            eprintln!("reefctl: {e}");
+            ExitCode::from(2)
         }
         Err(e) => fail(describe(&cli, &e)),
     }
@@ -230,6 +323,10 @@ enum CtlError {
     Usage(String),
     #[error(transparent)]
     Service(#[from] services::ServiceError),
+    #[error(transparent)]
+    Policy(#[from] policies::PolicyError),
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
     #[error("{0}: {1}")]
     Manifest(String, #[source] Box<reef_manifest::ManifestError>),
     #[error("cannot read {0}: {1}")]
@@ -242,7 +339,8 @@ impl CtlError {
         match self {
             CtlError::Etcd(e)
             | CtlError::Admin(admin::AdminError::Etcd(e))
-            | CtlError::Service(services::ServiceError::Etcd(e)) => Some(e),
+            | CtlError::Service(services::ServiceError::Etcd(e))
+            | CtlError::Policy(policies::PolicyError::Etcd(e)) => Some(e),
             CtlError::Admin(admin::AdminError::Ipam(reef_ipam::cluster::ClusterError::Etcd(e))) => {
                 Some(e)
             }
@@ -270,8 +368,8 @@ fn read_manifest(file: &str) -> Result<String, CtlError> {
 /// What `apply -f` / `delete -f` will do, decided before etcd is contacted: a manifest that
 /// does not parse or uses an unsupported field changes nothing.
 enum Manifest {
-    Apply(Vec<reef_schema::Service>),
-    Delete(Vec<(String, String)>),
+    Apply(Vec<reef_manifest::Object>),
+    Delete(Vec<reef_manifest::ObjectRef>),
 }
 
 fn parse_manifest(cmd: &Cmd) -> Result<Option<Manifest>, CtlError> {
@@ -280,22 +378,13 @@ fn parse_manifest(cmd: &Cmd) -> Result<Option<Manifest>, CtlError> {
             let text = read_manifest(file)?;
             let objects = reef_manifest::parse_objects(&text)
                 .map_err(|e| CtlError::Manifest(file.clone(), Box::new(e)))?;
-            Ok(Some(Manifest::Apply(
-                objects
-                    .into_iter()
-                    .map(|o| match o {
-                        reef_manifest::Object::Service(s) => s,
-                    })
-                    .collect(),
-            )))
+            Ok(Some(Manifest::Apply(objects)))
         }
         Cmd::Delete { file } => {
             let text = read_manifest(file)?;
             let refs = reef_manifest::parse_refs(&text)
                 .map_err(|e| CtlError::Manifest(file.clone(), Box::new(e)))?;
-            Ok(Some(Manifest::Delete(
-                refs.into_iter().map(|r| (r.namespace, r.name)).collect(),
-            )))
+            Ok(Some(Manifest::Delete(refs)))
         }
         _ => Ok(None),
     }
@@ -373,16 +462,57 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok((text, serde_json::to_value(&config).unwrap_or_default()))
         }
         Cmd::Apply { .. } | Cmd::Delete { .. } => match manifest {
-            Some(Manifest::Apply(svcs)) => {
-                let done = services::apply(&mut etcd, &svcs).await?;
-                Ok(service_show::applied(&done))
-            }
-            Some(Manifest::Delete(ids)) => {
-                let done = services::delete(&mut etcd, &ids).await?;
-                Ok(service_show::deleted(&done))
-            }
+            Some(Manifest::Apply(objects)) => objects::apply(&mut etcd, &objects).await,
+            Some(Manifest::Delete(refs)) => objects::delete(&mut etcd, &refs).await,
             None => Err(CtlError::Usage("no manifest".into())),
         },
+        Cmd::Policy {
+            command:
+                PolicyCmd::Ls {
+                    namespace,
+                    all_namespaces,
+                },
+        } => {
+            let state = load_state(&mut etcd).await?;
+            let ns = (!*all_namespaces).then_some(namespace.as_str());
+            Ok(policy_show::policy_list(&state, ns))
+        }
+        Cmd::Policy {
+            command: PolicyCmd::Show { name, namespace },
+        } => {
+            let state = load_state(&mut etcd).await?;
+            let p = state
+                .policy(namespace, name)
+                .ok_or_else(|| policies::PolicyError::NotFound(format!("{namespace}/{name}")))?;
+            Ok(policy_show::policy_show(&state, p))
+        }
+        Cmd::Policy {
+            command: PolicyCmd::Rm { name, namespace },
+        } => {
+            policies::delete_policy(&mut etcd, namespace, name).await?;
+            Ok(policy_show::policy_deleted(namespace, name))
+        }
+        Cmd::Trace { src, dst, flow } => {
+            let state = load_state(&mut etcd).await?;
+            let t = trace::trace(&state, src, dst, *flow)?;
+            Ok(trace::render(&t))
+        }
+        Cmd::Namespace {
+            command: NamespaceCmd::Ls,
+        } => {
+            let state = load_state(&mut etcd).await?;
+            Ok(policy_show::namespace_list(&state))
+        }
+        Cmd::Namespace {
+            command: NamespaceCmd::Label { namespace, labels },
+        } => {
+            let changes = labels
+                .iter()
+                .map(|l| policies::parse_label_change(l))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (ns, changed) = policies::label_namespace(&mut etcd, namespace, &changes).await?;
+            Ok(policy_show::labeled(&ns, changed))
+        }
         Cmd::Service {
             command:
                 ServiceCmd::Ls {
@@ -506,6 +636,15 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok((text, value))
         }
     }
+}
+
+/// The cluster as policy and trace read it; records that do not decode are named on stderr.
+async fn load_state(etcd: &mut Etcd) -> Result<policies::ClusterState, CtlError> {
+    let state = policies::ClusterState::load(etcd).await?;
+    for e in &state.unreadable {
+        eprintln!("reefctl: skipped {e}");
+    }
+    Ok(state)
 }
 
 /// Names every record the snapshot had to leave out, on stderr (stdout stays the document

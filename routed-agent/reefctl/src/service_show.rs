@@ -25,14 +25,16 @@ pub fn applied(results: &[(Service, Change)]) -> (String, Value) {
 }
 
 pub fn deleted(ids: &[String]) -> (String, Value) {
-    let text = ids
-        .iter()
-        .map(|id| {
-            let name = id.split_once('/').map(|(_, n)| n).unwrap_or(id);
-            format!("service/{name} deleted ({id})\n")
-        })
-        .collect();
-    (text, json!(ids))
+    let mut text = String::new();
+    let mut rows = Vec::new();
+    for id in ids {
+        let (namespace, name) = id.split_once('/').unwrap_or(("", id));
+        text.push_str(&format!("service/{name} deleted ({id})\n"));
+        rows.push(
+            json!({"kind": "Service", "namespace": namespace, "name": name, "result": "deleted"}),
+        );
+    }
+    (text, Value::Array(rows))
 }
 
 pub fn list(view: &ServiceView, all_namespaces: bool) -> (String, Value) {
