@@ -22,8 +22,8 @@ pub use driver::FirewallDriver as Firewall;
 pub use driver::{default_driver, driver, driver_from_env, DriverKind, FirewallDriver, DRIVER_ENV};
 pub use nftables::services::{ServiceKey, ServicesApplied};
 pub use rules::{
-    BridgeIsolation, LbEndpoint, Masquerade, NatPool, Owner, PeerSide, PodGuard, PolicyRuleSpec,
-    PolicyRuleset, PolicyVerdict, PortMapping, Proto, ServiceLb,
+    BridgeIsolation, LbEndpoint, Masquerade, NatPool, Owner, PeerMatch, PeerSet, PeerSide,
+    PodGuard, PolicyRuleSpec, PolicyRuleset, PolicyVerdict, PortMapping, Proto, ServiceLb,
 };
 
 #[derive(Debug, thiserror::Error)]

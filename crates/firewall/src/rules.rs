@@ -4,7 +4,7 @@
 use ipnetwork::IpNetwork;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Masquerade for one network: traffic from its pods to anywhere outside its subnets.
 #[derive(Debug, Clone)]
@@ -253,32 +253,46 @@ pub struct BridgeIsolation {
 }
 
 /// The node's network policy as nftables objects (built by reef-agent from the policies,
-/// rendered by a driver): named peer sets, chains, counters and the two dispatch maps from
-/// a local pod's address to its chain.
+/// rendered by a driver): named peer sets, chains, counters and the dispatch maps from a
+/// local pod's address to its chain (one pair of maps per address family).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRuleset {
-    /// Peer set name -> disjoint inclusive IPv4 ranges, ascending.
-    pub sets: BTreeMap<String, Vec<(Ipv4Addr, Ipv4Addr)>>,
+    pub sets: BTreeMap<String, PeerSet>,
     pub chains: BTreeMap<String, Vec<PolicyRuleSpec>>,
     pub counters: BTreeSet<String>,
     /// Local pod address -> the chain judging traffic to it.
-    pub ingress: BTreeMap<Ipv4Addr, String>,
+    pub ingress: BTreeMap<IpAddr, String>,
     /// Local pod address -> the chain judging traffic from it.
-    pub egress: BTreeMap<Ipv4Addr, String>,
+    pub egress: BTreeMap<IpAddr, String>,
     /// Namespaces that have at least one policy (new pods there are held until programmed).
     pub namespaces: BTreeSet<String>,
+}
+
+/// A peer set: disjoint inclusive ranges of one family, ascending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSet {
+    V4(Vec<(Ipv4Addr, Ipv4Addr)>),
+    V6(Vec<(Ipv6Addr, Ipv6Addr)>),
 }
 
 /// One rule of a policy chain: every present condition must hold.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PolicyRuleSpec {
     /// The remote address must be in this set (source for ingress, destination for egress).
-    pub peers: Option<(PeerSide, String)>,
+    pub peers: Option<PeerMatch>,
     pub proto: Option<Proto>,
     /// Destination ports, inclusive (needs `proto`).
     pub ports: Option<(u16, u16)>,
     pub counter: Option<String>,
     pub verdict: PolicyVerdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerMatch {
+    pub side: PeerSide,
+    pub set: String,
+    /// An IPv6 set (`ip6 saddr`), else IPv4.
+    pub v6: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -21,7 +21,7 @@ use reef_schema::policy::{
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What policy needs of a pod.
 pub trait Pod {
@@ -229,49 +229,68 @@ impl Peers {
     /// nftables interval set holds): blocks minus their exceptions, and the pods outside
     /// them.
     pub fn ranges_v4(&self) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+        self.ranges(false)
+            .into_iter()
+            .map(|(a, b)| (Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32)))
+            .collect()
+    }
+
+    /// The same for IPv6.
+    pub fn ranges_v6(&self) -> Vec<(Ipv6Addr, Ipv6Addr)> {
+        self.ranges(true)
+            .into_iter()
+            .map(|(a, b)| (Ipv6Addr::from(a), Ipv6Addr::from(b)))
+            .collect()
+    }
+
+    /// One family's ranges as integers (IPv4 in the low 32 bits).
+    fn ranges(&self, v6: bool) -> Vec<(u128, u128)> {
+        let bits: u32 = if v6 { 128 } else { 32 };
+        let max = if v6 { u128::MAX } else { u128::from(u32::MAX) };
         if self.any {
-            return vec![(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST)];
+            return vec![(0, max)];
         }
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        for b in &self.blocks {
-            let IpNetwork::V4(cidr) = b.cidr else {
-                continue;
+        let of = |n: &IpNetwork| -> Option<(u128, u128)> {
+            let (ip, prefix) = match (n, v6) {
+                (IpNetwork::V4(n), false) => (u128::from(u32::from(n.network())), n.prefix()),
+                (IpNetwork::V6(n), true) => (u128::from(n.network()), n.prefix()),
+                _ => return None,
             };
-            let mut parts = vec![span(cidr.network(), cidr.prefix())];
-            for e in &b.except {
-                let IpNetwork::V4(e) = e else { continue };
-                let (lo, hi) = span(e.network(), e.prefix());
-                parts = parts
-                    .into_iter()
-                    .flat_map(|(a, b)| subtract((a, b), (lo, hi)))
-                    .collect();
+            let host = bits - u32::from(prefix);
+            let size = if host >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << host) - 1
+            };
+            Some((ip, ip | size))
+        };
+        let mut ranges: Vec<(u128, u128)> = Vec::new();
+        for b in &self.blocks {
+            let Some(whole) = of(&b.cidr) else { continue };
+            let mut parts = vec![whole];
+            for e in b.except.iter().filter_map(of) {
+                parts = parts.into_iter().flat_map(|p| subtract(p, e)).collect();
             }
             ranges.extend(parts);
         }
         for ip in &self.addrs {
-            if let IpAddr::V4(v4) = ip {
-                let n = u32::from(*v4);
-                ranges.push((n, n));
+            match (ip, v6) {
+                (IpAddr::V4(a), false) => {
+                    let n = u128::from(u32::from(*a));
+                    ranges.push((n, n));
+                }
+                (IpAddr::V6(a), true) => {
+                    let n = u128::from(*a);
+                    ranges.push((n, n));
+                }
+                _ => {}
             }
         }
         merge(ranges)
-            .into_iter()
-            .map(|(a, b)| (Ipv4Addr::from(a), Ipv4Addr::from(b)))
-            .collect()
     }
 }
 
-fn span(network: Ipv4Addr, prefix: u8) -> (u32, u32) {
-    let lo = u32::from(network);
-    let size = if prefix == 0 {
-        u32::MAX
-    } else {
-        (1u32 << (32 - u32::from(prefix))) - 1
-    };
-    (lo, lo | size)
-}
-
-fn subtract((a, b): (u32, u32), (lo, hi): (u32, u32)) -> Vec<(u32, u32)> {
+fn subtract((a, b): (u128, u128), (lo, hi): (u128, u128)) -> Vec<(u128, u128)> {
     if hi < a || lo > b {
         return vec![(a, b)];
     }
@@ -285,9 +304,9 @@ fn subtract((a, b): (u32, u32), (lo, hi): (u32, u32)) -> Vec<(u32, u32)> {
     out
 }
 
-fn merge(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+fn merge(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
     ranges.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    let mut out: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
         match out.last_mut() {
             // Overlaps only: adjacent pods stay separate elements, so a pod's address is an

@@ -265,3 +265,31 @@ fn peer_ranges_merge_pods_into_blocks() {
         vec!["0.0.0.0-9.255.255.255", "11.0.0.0-255.255.255.255"]
     );
 }
+
+#[test]
+fn ipv6_ranges_are_their_own() {
+    let peers = Peers {
+        any: false,
+        addrs: ["fd00::5", "10.0.0.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect(),
+        blocks: vec![IpBlock {
+            cidr: "fd00:1::/64".parse().unwrap(),
+            except: vec!["fd00:1::/65".parse().unwrap()],
+        }],
+    };
+    let got: Vec<String> = peers
+        .ranges_v6()
+        .iter()
+        .map(|(a, b)| format!("{a}-{b}"))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            "fd00::5-fd00::5",
+            "fd00:1:0:0:8000::-fd00:1::ffff:ffff:ffff:ffff"
+        ]
+    );
+    assert_eq!(peers.ranges_v4().len(), 1);
+}

@@ -26,11 +26,11 @@
 //! table, never neither).
 
 use super::run_nft;
-use crate::rules::{PeerSide, PolicyRuleSpec, PolicyRuleset, PolicyVerdict};
+use crate::rules::{PeerSet, PeerSide, PolicyRuleSpec, PolicyRuleset, PolicyVerdict};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub const TABLE: &str = "reef-policy";
 
@@ -56,12 +56,13 @@ pub fn ident(s: &str) -> String {
 
 fn rule_text(r: &PolicyRuleSpec) -> String {
     let mut s = String::new();
-    if let Some((side, set)) = &r.peers {
-        let field = match side {
+    if let Some(m) = &r.peers {
+        let field = match m.side {
             PeerSide::Source => "saddr",
             PeerSide::Destination => "daddr",
         };
-        let _ = write!(s, "ip {field} @{} ", ident(set));
+        let family = if m.v6 { "ip6" } else { "ip" };
+        let _ = write!(s, "{family} {field} @{} ", ident(&m.set));
     }
     if let Some(p) = r.proto {
         let _ = write!(s, "meta l4proto {} ", p.as_str());
@@ -86,18 +87,47 @@ fn rule_text(r: &PolicyRuleSpec) -> String {
     s
 }
 
-fn elements(ranges: &[(Ipv4Addr, Ipv4Addr)]) -> String {
-    ranges
-        .iter()
-        .map(|(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+fn elements(set: &PeerSet) -> String {
+    fn list<A: std::fmt::Display + PartialEq>(ranges: &[(A, A)]) -> String {
+        ranges
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    match set {
+        PeerSet::V4(r) => list(r),
+        PeerSet::V6(r) => list(r),
+    }
+}
+
+fn set_type(set: &PeerSet) -> &'static str {
+    match set {
+        PeerSet::V4(_) => "ipv4_addr",
+        PeerSet::V6(_) => "ipv6_addr",
+    }
+}
+
+fn is_empty(set: &PeerSet) -> bool {
+    match set {
+        PeerSet::V4(r) => r.is_empty(),
+        PeerSet::V6(r) => r.is_empty(),
+    }
+}
+
+/// The dispatch map of a direction for an address's family.
+fn map_of(base: &str, ip: IpAddr) -> String {
+    if ip.is_ipv4() {
+        base.to_string()
+    } else {
+        format!("{base}6")
+    }
 }
 
 struct Script {
@@ -118,22 +148,23 @@ impl Script {
         self.s.push('\n');
     }
 
-    fn add_set(&mut self, name: &str, ranges: &[(Ipv4Addr, Ipv4Addr)]) {
+    fn add_set(&mut self, name: &str, set: &PeerSet) {
         let t = self.t.clone();
         self.line(format_args!(
-            "add set {t} {} {{ type ipv4_addr; flags interval; }}",
-            ident(name)
+            "add set {t} {} {{ type {}; flags interval; }}",
+            ident(name),
+            set_type(set)
         ));
-        self.fill_set(name, ranges);
+        self.fill_set(name, set);
     }
 
-    fn fill_set(&mut self, name: &str, ranges: &[(Ipv4Addr, Ipv4Addr)]) {
-        if !ranges.is_empty() {
+    fn fill_set(&mut self, name: &str, set: &PeerSet) {
+        if !is_empty(set) {
             let t = self.t.clone();
             self.line(format_args!(
                 "add element {t} {} {{ {} }}",
                 ident(name),
-                elements(ranges)
+                elements(set)
             ));
         }
     }
@@ -149,16 +180,18 @@ impl Script {
         }
     }
 
-    fn map_add(&mut self, map: &str, ip: Ipv4Addr, chain: &str) {
+    fn map_add(&mut self, map: &str, ip: IpAddr, chain: &str) {
         let t = self.t.clone();
+        let map = map_of(map, ip);
         self.line(format_args!(
             "add element {t} {map} {{ {ip} : jump {} }}",
             ident(chain)
         ));
     }
 
-    fn map_del(&mut self, map: &str, ip: Ipv4Addr) {
+    fn map_del(&mut self, map: &str, ip: IpAddr) {
         let t = self.t.clone();
+        let map = map_of(map, ip);
         self.line(format_args!("delete element {t} {map} {{ {ip} }}"));
     }
 }
@@ -170,9 +203,14 @@ pub fn full_script(r: &PolicyRuleset) -> String {
     sc.line(format_args!("add table {t}"));
     sc.line(format_args!("delete table {t}"));
     sc.line(format_args!("add table {t}"));
-    for map in ["egress", "ingress"] {
+    for (map, key) in [
+        ("egress", "ipv4_addr"),
+        ("ingress", "ipv4_addr"),
+        ("egress6", "ipv6_addr"),
+        ("ingress6", "ipv6_addr"),
+    ] {
         sc.line(format_args!(
-            "add map {t} {map} {{ type ipv4_addr : verdict; }}"
+            "add map {t} {map} {{ type {key} : verdict; }}"
         ));
     }
     for (name, ranges) in &r.sets {
@@ -198,6 +236,7 @@ pub fn full_script(r: &PolicyRuleset) -> String {
             "add rule {t} {hook} ct state established,related accept"
         ));
         sc.line(format_args!("add rule {t} {hook} ip {field} vmap @{map}"));
+        sc.line(format_args!("add rule {t} {hook} ip6 {field} vmap @{map}6"));
     }
     for (ip, chain) in &r.egress {
         sc.map_add("egress", *ip, chain);
@@ -215,12 +254,12 @@ pub fn diff_script(old: &PolicyRuleset, new: &PolicyRuleset) -> Option<String> {
     }
     let mut sc = Script::new();
     let t = sc.t.clone();
-    for (name, ranges) in &new.sets {
+    for (name, set) in &new.sets {
         match old.sets.get(name) {
-            None => sc.add_set(name, ranges),
-            Some(o) if o != ranges => {
+            None => sc.add_set(name, set),
+            Some(o) if o != set => {
                 sc.line(format_args!("flush set {t} {}", ident(name)));
-                sc.fill_set(name, ranges);
+                sc.fill_set(name, set);
             }
             Some(_) => {}
         }
@@ -355,19 +394,26 @@ pub fn remove() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Proto;
+    use crate::rules::{PeerMatch, Proto};
 
     fn ruleset(port: u16) -> PolicyRuleset {
         let mut r = PolicyRuleset::default();
         r.sets.insert(
             "in.x.p.0".into(),
-            vec![("10.0.0.1".parse().unwrap(), "10.0.0.3".parse().unwrap())],
+            PeerSet::V4(vec![(
+                "10.0.0.1".parse().unwrap(),
+                "10.0.0.3".parse().unwrap(),
+            )]),
         );
         r.counters.insert("allow.x.p".into());
         r.chains.insert(
             "pol-in.x.p".into(),
             vec![PolicyRuleSpec {
-                peers: Some((PeerSide::Source, "in.x.p.0".into())),
+                peers: Some(PeerMatch {
+                    side: PeerSide::Source,
+                    set: "in.x.p.0".into(),
+                    v6: false,
+                }),
                 proto: Some(Proto::Tcp),
                 ports: Some((port, port)),
                 counter: Some("allow.x.p".into()),

@@ -9,7 +9,9 @@
 //! drops, and an entry in that direction's dispatch map.
 
 use crate::view::ClusterView;
-use reef_firewall::{PeerSide, PolicyRuleSpec, PolicyRuleset, PolicyVerdict, Proto};
+use reef_firewall::{
+    PeerMatch, PeerSet, PeerSide, PolicyRuleSpec, PolicyRuleset, PolicyVerdict, Proto,
+};
 use reef_policy::Policies;
 use reef_schema::policy::{L4Protocol, NetworkPolicy, PolicyType};
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,10 +39,15 @@ pub fn policy_chain(p: &NetworkPolicy, dir: PolicyType) -> String {
     format!("pol-{}.{}.{}", dir_tag(dir), p.namespace, p.name)
 }
 
+/// An address as a name part (IPv6's colons are not allowed in nft names).
+fn addr_name(ip: IpAddr) -> String {
+    ip.to_string().replace(':', "_")
+}
+
 pub fn pod_chain(ip: IpAddr, dir: PolicyType) -> String {
     match dir {
-        PolicyType::Ingress => format!("to-pod.{ip}"),
-        PolicyType::Egress => format!("from-pod.{ip}"),
+        PolicyType::Ingress => format!("to-pod.{}", addr_name(ip)),
+        PolicyType::Egress => format!("from-pod.{}", addr_name(ip)),
     }
 }
 
@@ -49,7 +56,7 @@ fn allow_counter(p: &NetworkPolicy) -> String {
 }
 
 fn drop_counter(ip: IpAddr, dir: PolicyType) -> String {
-    format!("drop-{}.{ip}", dir_tag(dir))
+    format!("drop-{}.{}", dir_tag(dir), addr_name(ip))
 }
 
 fn proto(p: L4Protocol) -> Proto {
@@ -84,8 +91,7 @@ pub fn compute(view: &ClusterView, me: &str) -> Desired {
             if selecting.is_empty() {
                 continue;
             }
-            for ip in w.ips.iter().filter(|i| i.is_ipv4()) {
-                let IpAddr::V4(v4) = ip else { continue };
+            for ip in w.ips.iter() {
                 let chain = pod_chain(*ip, dir);
                 let drop = drop_counter(*ip, dir);
                 let mut rules: Vec<PolicyRuleSpec> = selecting
@@ -108,8 +114,8 @@ pub fn compute(view: &ClusterView, me: &str) -> Desired {
                 d.ruleset.chains.insert(chain.clone(), rules);
                 d.ruleset.counters.insert(drop.clone());
                 match dir {
-                    PolicyType::Ingress => d.ruleset.ingress.insert(*v4, chain),
-                    PolicyType::Egress => d.ruleset.egress.insert(*v4, chain),
+                    PolicyType::Ingress => d.ruleset.ingress.insert(*ip, chain),
+                    PolicyType::Egress => d.ruleset.egress.insert(*ip, chain),
                 };
                 for p in &selecting {
                     d.counters
@@ -150,26 +156,46 @@ fn render_policy(
     let mut rules = Vec::new();
     for (i, rule) in p.rules(dir).iter().enumerate() {
         let peers = pols.rule_peers(p, rule, view.workloads.values());
-        let set = if peers.any {
-            None
+        // The rule's peers per family: none (every address), or a set of each family it
+        // has addresses of (always IPv4, so a pod joining it changes elements only).
+        let mut matches: Vec<Option<PeerMatch>> = Vec::new();
+        if peers.any {
+            matches.push(None);
         } else {
             let name = format!("{}.{}.{}.{i}", dir_tag(dir), p.namespace, p.name);
-            out.sets.insert(name.clone(), peers.ranges_v4());
-            Some((side, name))
-        };
-        let spec = |proto: Option<Proto>, ports: Option<(u16, u16)>| PolicyRuleSpec {
-            peers: set.clone(),
-            proto,
-            ports,
-            counter: Some(counter.clone()),
-            verdict: PolicyVerdict::Accept,
-        };
-        if rule.ports.is_empty() {
-            rules.push(spec(None, None));
+            out.sets
+                .insert(name.clone(), PeerSet::V4(peers.ranges_v4()));
+            matches.push(Some(PeerMatch {
+                side,
+                set: name.clone(),
+                v6: false,
+            }));
+            let v6 = peers.ranges_v6();
+            if !v6.is_empty() {
+                let name6 = format!("{name}.6");
+                out.sets.insert(name6.clone(), PeerSet::V6(v6));
+                matches.push(Some(PeerMatch {
+                    side,
+                    set: name6,
+                    v6: true,
+                }));
+            }
         }
-        for port in &rule.ports {
-            let range = port.port.map(|a| (a, port.end_port.unwrap_or(a)));
-            rules.push(spec(Some(proto(port.protocol)), range));
+        for m in matches {
+            let spec = |proto: Option<Proto>, ports: Option<(u16, u16)>| PolicyRuleSpec {
+                peers: m.clone(),
+                proto,
+                ports,
+                counter: Some(counter.clone()),
+                verdict: PolicyVerdict::Accept,
+            };
+            if rule.ports.is_empty() {
+                rules.push(spec(None, None));
+            }
+            for port in &rule.ports {
+                let range = port.port.map(|a| (a, port.end_port.unwrap_or(a)));
+                rules.push(spec(Some(proto(port.protocol)), range));
+            }
         }
     }
     out.chains.insert(policy_chain(p, dir), rules);
@@ -210,7 +236,10 @@ mod tests {
         );
         assert_eq!(
             r.sets["in.x.p0.0"],
-            vec![("10.0.1.1".parse().unwrap(), "10.0.1.1".parse().unwrap())]
+            PeerSet::V4(vec![(
+                "10.0.1.1".parse().unwrap(),
+                "10.0.1.1".parse().unwrap()
+            )])
         );
         let rule = &r.chains["pol-in.x.p0"][0];
         assert_eq!(rule.ports, Some((80, 81)));
