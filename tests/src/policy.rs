@@ -385,6 +385,46 @@ pub fn network_of(ip: Ipv4Addr, prefix: u8) -> String {
 }
 
 impl Model {
+    /// The world's model with made-up addresses, for checking cases without a cluster: the
+    /// namespaces and pods as [`PolicyWorld`] lays them out (pod `k` on host `k % 2`), host
+    /// 0's pods in 10.66.0.0/26 and host 1's in 10.66.0.64/26.
+    pub fn sample() -> Model {
+        let mut m = Model::default();
+        let mut k = 0u8;
+        for ns in NAMESPACES {
+            m.record(&namespace_manifest(ns, &[("ns", ns)]));
+            for p in POD_NAMES {
+                let host = usize::from(k % 2);
+                m.pods.push(PodModel {
+                    namespace: ns.to_owned(),
+                    name: p.to_owned(),
+                    labels: BTreeMap::from([("pod".to_owned(), p.to_owned())]),
+                    ip: Ipv4Addr::new(10, 66, 0, 64 * (k % 2) + 2 + k / 2),
+                    host,
+                });
+                k += 1;
+            }
+        }
+        m
+    }
+
+    /// Every cell's expected verdict, in [`Model::pods`] order (self pairs left out).
+    pub fn expected(&self) -> BTreeMap<(usize, usize, Port), bool> {
+        let n = self.pods.len();
+        let mut out = BTreeMap::new();
+        for s in 0..n {
+            for d in (0..n).filter(|&d| d != s) {
+                for port in PORTS {
+                    out.insert(
+                        (s, d, port),
+                        self.allowed(&self.pods[s], &self.pods[d], port),
+                    );
+                }
+            }
+        }
+        out
+    }
+
     /// Records an applied document (Namespace: its labels replace the old ones;
     /// NetworkPolicy: stored by `namespace/name`).
     pub fn record(&mut self, doc: &Value) {
@@ -1610,29 +1650,8 @@ pub enum TraceResult {
 mod tests {
     use super::*;
 
-    fn pod(ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> PodModel {
-        PodModel {
-            namespace: ns.into(),
-            name: name.into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ip: Ipv4Addr::from(ip),
-            host: 0,
-        }
-    }
-
     fn world() -> Model {
-        let mut m = Model::default();
-        for (i, ns) in NAMESPACES.iter().enumerate() {
-            m.record(&namespace_manifest(ns, &[("ns", ns)]));
-            for (j, p) in POD_NAMES.iter().enumerate() {
-                m.pods
-                    .push(pod(ns, p, [10, 66, 0, (10 * i + j) as u8], &[("pod", p)]));
-            }
-        }
-        m
+        Model::sample()
     }
 
     fn allowed(m: &Model, s: &str, d: &str, port: Port) -> bool {
@@ -1784,6 +1803,9 @@ mod tests {
         let text = render_matrix(&m, &seen, "t");
         assert_eq!(mismatches(&m, &seen).len(), 1, "{text}");
         assert!(text.contains("X!"), "{text}");
-        assert!(text.contains("x/a (10.66.0.0, host 0) -> x/b"), "{text}");
+        assert!(
+            text.contains("x/a (10.66.0.2, host 0) -> x/b (10.66.0.66, host 1)"),
+            "{text}"
+        );
     }
 }

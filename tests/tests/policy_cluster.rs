@@ -289,6 +289,66 @@ fn egress_and_port_cases(m: &Model) -> Vec<Case> {
     ]
 }
 
+/// No cluster: under the oracle, every case blocks some cells and allows others, and no two
+/// cases expect the same matrix, so none can pass on a data plane that ignores it (or that
+/// still enforces the case before).
+#[test]
+fn every_case_changes_the_matrix() {
+    let base = Model::sample();
+    let mut cases = ingress_cases(&base);
+    cases.extend(egress_and_port_cases(&base));
+    let mut seen: Vec<(&str, _)> = Vec::new();
+    for c in &cases {
+        let mut m = base.clone();
+        for d in &c.docs {
+            m.record(d);
+        }
+        let expected = m.expected();
+        let blocked = expected.values().filter(|a| !**a).count();
+        assert!(
+            blocked > 0 && blocked < expected.len(),
+            "{}: {blocked} of {} cells blocked",
+            c.name,
+            expected.len()
+        );
+        for (other, e) in &seen {
+            assert!(
+                *e != expected,
+                "{} and {other} expect the same matrix",
+                c.name
+            );
+        }
+        seen.push((c.name, expected));
+    }
+    // The union admits strictly more than either of its policies alone.
+    let union = union_case().docs;
+    for half in [&union[..1], &union[1..]] {
+        let mut m = base.clone();
+        for d in half {
+            m.record(d);
+        }
+        let z_a = m.index("z/a");
+        let alone = m
+            .expected()
+            .iter()
+            .filter(|((_, d, _), a)| *d == z_a && **a)
+            .count();
+        let mut mu = base.clone();
+        for d in &union {
+            mu.record(d);
+        }
+        let together = mu
+            .expected()
+            .iter()
+            .filter(|((_, d, _), a)| *d == z_a && **a)
+            .count();
+        assert!(
+            together > alone,
+            "z/a: union {together} cells, one policy {alone}"
+        );
+    }
+}
+
 /// The ingress cases on reef-routed pods; under deny-all, each pod's own host still reaches
 /// it.
 #[test]
