@@ -94,6 +94,12 @@ pub trait HostSide: Sized {
     /// The routes to install in the pod and report in the result.
     fn pod_routes(&self, ipam: &CniResult) -> Vec<Route>;
 
+    /// A bridge plugin's bridge and whether its network is isolated from the host's other
+    /// bridge networks (None: not a bridge).
+    fn isolation(&self) -> Option<reef_firewall::BridgeIsolation> {
+        None
+    }
+
     /// ADD's last step, both ends configured. On failure it leaves nothing of its own behind:
     /// the caller only deletes the pair (and what goes with it) and releases IPAM.
     async fn finish_add(&self, add: &Add<'_>, pod_link: &LinkInfo) -> Result<(), CniError>;

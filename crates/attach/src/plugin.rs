@@ -8,9 +8,11 @@ use reef_cni::attachment::{
 };
 use reef_cni::ipam::{InProcessIpam, IpamClient};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin};
+use reef_firewall::{driver_from_env, FirewallDriver, PodGuard};
 use reef_netlink::{LinkInfo, NetNs, Netlink, PendingNetlink};
 use std::collections::HashSet;
 use std::marker::PhantomData;
+use std::net::IpAddr;
 
 /// A main plugin: one veth pair per attachment, host side `H`, IPAM through `ipam` when
 /// `ipam.type` names it (in-process), else exec'd.
@@ -41,27 +43,62 @@ impl<'a, H: HostSide> VethPlugin<'a, H> {
         let host = Netlink::current().map_err(nl_err)?;
         refuse_live_duplicate(&host, args).await?;
         let host_name = host_veth_name(&args.container_id, &args.ifname);
-        let ipam = self.ipam_for(args)?;
-        let ipam_result = ipam_add(&ipam, &host_name)?;
+        let mut fw = driver_from_env().map_err(fw_err)?;
+        // Before IPAM writes the workload record the agent acts on: the agent releases the
+        // hold once the pod's policy is in place, so it must not see the pod before the hold.
+        let namespace = args.arg("K8S_POD_NAMESPACE").unwrap_or("default");
+        let held = fw.hold_new_pod(&host_name, namespace).map_err(fw_err)?;
+        let ipam = match self.ipam_for(args) {
+            Ok(i) => i,
+            Err(e) => {
+                release_hold(&mut *fw, &host_name, held);
+                return Err(e);
+            }
+        };
+        let ipam_result = match ipam_add(&ipam, &host_name) {
+            Ok(r) => r,
+            Err(e) => {
+                release_hold(&mut *fw, &host_name, held);
+                return Err(e);
+            }
+        };
         let mut veth_created = false;
-        let res = add_links(
-            host_side,
-            args,
-            &ipam_result,
-            pod_ns,
-            pod_socket,
-            &host,
-            &mut veth_created,
-        )
-        .await;
+        // Anti-spoofing before the pod exists, so it never sends from another address.
+        let guard = PodGuard {
+            iface: host_name.clone(),
+            ips: host_side
+                .pod_ips(&ipam_result)
+                .iter()
+                .map(|i| i.address.ip())
+                .collect(),
+            bridge: host_side.isolation(),
+        };
+        let res = match fw.add_pod_guard(&guard).map_err(fw_err) {
+            Ok(()) => {
+                add_links(
+                    host_side,
+                    args,
+                    &ipam_result,
+                    pod_ns,
+                    pod_socket,
+                    &host,
+                    &mut veth_created,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         if res.is_err() {
-            // Undo in reverse: the veth pair (its host routes and neighbours go with it, the
-            // pod end with its peer), then the IPAM reservation.
+            // Undo in reverse: the guard, the veth pair (its host routes and neighbours go
+            // with it, the pod end with its peer), then the IPAM reservation.
+            let ips: Vec<IpAddr> = ipam_result.ips.iter().map(|i| i.address.ip()).collect();
+            let _ = fw.del_pod_guard(&host_name, &ips);
             if veth_created {
                 let _ = host.delete_link(&host_name).await;
             }
             let _ = ipam.run(Command::Del);
         }
+        fw.close_in_background();
         res
     }
 }
@@ -169,6 +206,7 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
         };
         // Dropped at the end of DEL, after the veth deletion: see `HostSide::Teardown`.
         let mut teardown: Option<H::Teardown> = None;
+        let mut guard_fw: Option<Box<dyn FirewallDriver>> = None;
         let res = block_on(async {
             let host = Netlink::current().map_err(nl_err)?;
             let host_name = host_veth_name(&args.container_id, &args.ifname);
@@ -182,6 +220,22 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
             match self.ipam_for(args).and_then(|i| i.release()) {
                 Ok(ips) => del.ips = ips,
                 Err(e) => del.errors.push(e),
+            }
+            // The pod's guard elements: the addresses it held (or prevResult's), and its
+            // hold. The socket closes after the veth is gone (see `HostSide::Teardown`).
+            let guard_ips: Vec<IpAddr> = match (&del.ips, &args.conf.prev_result) {
+                (Some(ips), _) => ips.clone(),
+                (None, Some(r)) => r.ips.iter().map(|i| i.address.ip()).collect(),
+                (None, None) => Vec::new(),
+            };
+            match driver_from_env() {
+                Ok(mut fw) => {
+                    if let Err(e) = fw.del_pod_guard(&host_name, &guard_ips) {
+                        del.errors.push(fw_err(e));
+                    }
+                    guard_fw = Some(fw);
+                }
+                Err(e) => del.errors.push(fw_err(e)),
             }
             teardown = Some(host_side.del_host(&mut del, veth_present).await);
             // Returns once the pair has left both namespaces (taking the host routes and
@@ -199,6 +253,7 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
             del.errors.push(e);
         }
         drop(teardown);
+        drop(guard_fw);
         CniError::all(del.errors)
     }
 
@@ -295,6 +350,17 @@ async fn refuse_live_duplicate(host: &Netlink, args: &CmdArgs) -> Result<(), Cni
 
 /// IPAM ADD for an attachment whose host interface will be `host_name`; an empty answer is
 /// released and refused.
+fn fw_err(e: reef_firewall::Error) -> CniError {
+    CniError::new(codes::FIREWALL, e.to_string())
+}
+
+/// Undoes a hold of an ADD that failed before the pod existed.
+fn release_hold(fw: &mut dyn FirewallDriver, host_name: &str, held: bool) {
+    if held {
+        let _ = fw.del_pod_guard(host_name, &[]);
+    }
+}
+
 fn ipam_add(ipam: &IpamClient, host_name: &str) -> Result<CniResult, CniError> {
     let result = ipam.add(host_name)?;
     if result.ips.is_empty() {

@@ -2,7 +2,7 @@
 
 use crate::nftables::services::{ServiceKey, ServicesApplied};
 use crate::nftables::Nftables;
-use crate::rules::{Masquerade, NatPool, Owner, PortMapping, ServiceLb};
+use crate::rules::{Masquerade, NatPool, Owner, PodGuard, PolicyRuleset, PortMapping, ServiceLb};
 use crate::{Error, Result};
 use std::net::IpAddr;
 
@@ -71,6 +71,27 @@ pub trait FirewallDriver {
     ) -> Result<ServicesApplied>;
     /// Removes the services table (idempotent).
     fn remove_services(&mut self) -> Result<()>;
+
+    /// Plugins, before IPAM: holds the new pod's host interface `iface` (nothing passes it)
+    /// when this host's agent says `namespace` has a policy, so the pod is never reachable
+    /// before its policy is programmed; whether it did. The agent releases it.
+    fn hold_new_pod(&mut self, iface: &str, namespace: &str) -> Result<bool>;
+    /// Plugins: the pod's anti-spoofing (only its addresses may leave its interface) and its
+    /// bridge's isolation from the host's other bridge networks.
+    fn add_pod_guard(&mut self, g: &PodGuard) -> Result<()>;
+    /// Removes what `add_pod_guard` and `hold_new_pod` added (idempotent).
+    fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()>;
+
+    /// Network policy (reef-agent): makes the node's policy table `desired` in one
+    /// transaction (`full`: replace it whole, at start), and the namespaces whose new pods are
+    /// held. Whether the table changed.
+    fn sync_policy(&mut self, desired: &PolicyRuleset, full: bool) -> Result<bool>;
+    /// Releases held pods whose policy is now programmed.
+    fn release_pods(&mut self, ifaces: &[String]) -> Result<()>;
+    /// The policy table's named counters: name -> packets.
+    fn policy_counters(&mut self) -> Result<std::collections::BTreeMap<String, u64>>;
+    /// Removes the policy table (idempotent).
+    fn remove_policy(&mut self) -> Result<()>;
 
     /// Closes the kernel connection without making the caller wait for it.
     fn close_in_background(self: Box<Self>);

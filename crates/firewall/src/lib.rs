@@ -21,7 +21,10 @@ pub mod rules;
 pub use driver::FirewallDriver as Firewall;
 pub use driver::{default_driver, driver, driver_from_env, DriverKind, FirewallDriver, DRIVER_ENV};
 pub use nftables::services::{ServiceKey, ServicesApplied};
-pub use rules::{LbEndpoint, Masquerade, NatPool, Owner, PortMapping, Proto, ServiceLb};
+pub use rules::{
+    BridgeIsolation, LbEndpoint, Masquerade, NatPool, Owner, PeerSide, PodGuard, PolicyRuleSpec,
+    PolicyRuleset, PolicyVerdict, PortMapping, Proto, ServiceLb,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -2,8 +2,9 @@
 //! needs, not how nftables or iptables express it.
 
 use ipnetwork::IpNetwork;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Masquerade for one network: traffic from its pods to anywhere outside its subnets.
 #[derive(Debug, Clone)]
@@ -234,4 +235,61 @@ mod tests {
             .tag()
         );
     }
+}
+
+/// One pod's guard: its host interface and addresses (anti-spoofing) and, for a bridge
+/// pod, its bridge and whether that network is isolated from the host's other bridges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodGuard {
+    pub iface: String,
+    pub ips: Vec<IpAddr>,
+    pub bridge: Option<BridgeIsolation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeIsolation {
+    pub name: String,
+    pub isolated: bool,
+}
+
+/// The node's network policy as nftables objects (built by reef-agent from the policies,
+/// rendered by a driver): named peer sets, chains, counters and the two dispatch maps from
+/// a local pod's address to its chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyRuleset {
+    /// Peer set name -> disjoint inclusive IPv4 ranges, ascending.
+    pub sets: BTreeMap<String, Vec<(Ipv4Addr, Ipv4Addr)>>,
+    pub chains: BTreeMap<String, Vec<PolicyRuleSpec>>,
+    pub counters: BTreeSet<String>,
+    /// Local pod address -> the chain judging traffic to it.
+    pub ingress: BTreeMap<Ipv4Addr, String>,
+    /// Local pod address -> the chain judging traffic from it.
+    pub egress: BTreeMap<Ipv4Addr, String>,
+    /// Namespaces that have at least one policy (new pods there are held until programmed).
+    pub namespaces: BTreeSet<String>,
+}
+
+/// One rule of a policy chain: every present condition must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PolicyRuleSpec {
+    /// The remote address must be in this set (source for ingress, destination for egress).
+    pub peers: Option<(PeerSide, String)>,
+    pub proto: Option<Proto>,
+    /// Destination ports, inclusive (needs `proto`).
+    pub ports: Option<(u16, u16)>,
+    pub counter: Option<String>,
+    pub verdict: PolicyVerdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerSide {
+    Source,
+    Destination,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PolicyVerdict {
+    Accept,
+    Drop,
+    Jump(String),
 }

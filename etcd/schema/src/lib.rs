@@ -26,6 +26,7 @@ pub mod policy;
 pub mod services;
 
 pub use codec::{decode, encode, DecodeError};
+pub use policy::{Namespace, NetworkPolicy};
 pub use services::{
     Endpoint, PortRange, Protocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };

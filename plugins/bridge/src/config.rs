@@ -22,6 +22,14 @@ pub struct BridgeConf {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub hairpin_mode: bool,
+    /// Pods of this network cannot reach pods of the host's other bridge networks, nor they
+    /// these (Docker's separate networks); `false` opens it.
+    #[serde(default = "default_isolation")]
+    pub isolation: bool,
+}
+
+fn default_isolation() -> bool {
+    true
 }
 
 fn default_bridge() -> String {

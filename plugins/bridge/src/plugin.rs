@@ -8,13 +8,15 @@ use reef_attach::{
     check_err, default_dst, existing_host_veth, nl_err, Add, Check, HostSide, HostVeth, Released,
 };
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Interface, NetConf, Route};
-use reef_firewall::{driver_from_env, FirewallDriver, Masquerade};
+use reef_firewall::{driver_from_env, BridgeIsolation, FirewallDriver, Masquerade};
 use reef_netlink::{sysctl, LinkInfo, NetNs, Netlink};
 use std::net::IpAddr;
 
 pub struct Bridge {
     conf: BridgeConf,
 }
+
+const BRIDGE_NF: &str = "net/bridge/bridge-nf-call-iptables";
 
 fn fw_err(e: reef_firewall::Error) -> CniError {
     CniError::new(codes::FIREWALL, e.to_string())
@@ -151,6 +153,12 @@ impl HostSide for Bridge {
             .map_err(nl_err)?;
         // Before the gateway address: a refused ADD leaves the other bridge's subnet alone.
         refuse_subnet_on_other_bridge(host, &br.name, ipam).await?;
+        // Network policy judges bridged IPv4 traffic (two pods on this bridge) in the inet
+        // forward hook, which bridged frames reach only through br_netfilter (Kubernetes
+        // requires the same setting of every node).
+        if sysctl::get(BRIDGE_NF).is_ok_and(|v| v.trim() != "1") {
+            sysctl::set(BRIDGE_NF, "1").map_err(nl_err)?;
+        }
         if conf.gateway_mode() {
             for ip in &ipam.ips {
                 if let Some(gw) = ip.gateway {
@@ -189,6 +197,13 @@ impl HostSide for Bridge {
 
     fn pod_routes(&self, ipam: &CniResult) -> Vec<Route> {
         pod_routes(&self.conf, ipam)
+    }
+
+    fn isolation(&self) -> Option<BridgeIsolation> {
+        Some(BridgeIsolation {
+            name: self.conf.bridge.clone(),
+            isolated: self.conf.isolation,
+        })
     }
 
     /// Masquerade of the pod's addresses, removed again if adding them fails.

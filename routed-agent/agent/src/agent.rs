@@ -9,6 +9,7 @@ use crate::view::{ClusterView, Touched};
 use crate::{info, registry, underlay, warn};
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_netlink::{sysctl, Netlink};
+use reef_schema::policy::{NAMESPACES, POLICIES};
 use reef_schema::services::SERVICES;
 use reef_schema::{
     AgentStatus, NodeRecord, AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NODES, PREFIX, WORKLOADS,
@@ -158,6 +159,7 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
     let mut resync = tokio::time::interval(st.opts.resync);
     resync.tick().await;
     let mut retry = tokio::time::interval(Duration::from_secs(2));
+    let mut counters = tokio::time::interval(COUNTERS_EVERY);
     loop {
         tokio::select! {
             events = watch.next() => {
@@ -165,7 +167,7 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
                 for ev in &events? {
                     match view.apply(&ev.key, ev.value.as_deref()) {
                         Touched::Config | Touched::Routing => routing = true,
-                        Touched::Services => routing = true,
+                        Touched::Services | Touched::Policy => routing = true,
                         Touched::Agents => routing |= !view.changed.agents.is_empty() && !view.services.is_empty(),
                         Touched::Nothing => {}
                     }
@@ -180,6 +182,7 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
                 reconcile(st, &mut etcd, &mut view, true).await?
             }
             _ = retry.tick(), if st.retry => reconcile(st, &mut etcd, &mut view, false).await?,
+            _ = counters.tick() => publish_counters(st),
         }
     }
 }
@@ -228,9 +231,29 @@ async fn list_view(etcd: &mut Etcd) -> Result<(ClusterView, i64), SessionError> 
 /// What the view is built from, in key order, read at one revision. Not IPAM's handles
 /// nor reefctl's VIP and node-port claims: in a cluster they are as many keys again as the
 /// workloads and services, and the view has no use for them.
-const LISTED: [&str; 7] = [
-    AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NODES, SERVICES, WORKLOADS,
+const LISTED: [&str; 9] = [
+    AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NAMESPACES, NODES, POLICIES, SERVICES, WORKLOADS,
 ];
+
+/// How often the policy counters are read and, when they moved, published.
+const COUNTERS_EVERY: Duration = Duration::from_secs(2);
+
+/// The policy counters into the agent's status (the heartbeat writes it when it changed).
+fn publish_counters(st: &mut State) {
+    let mut all = std::collections::BTreeMap::new();
+    for m in &mut st.managers {
+        if let Some(c) = m.policy_counters() {
+            all.extend(c);
+        }
+    }
+    st.status.send_if_modified(|s| {
+        if s.policy_counters == all {
+            return false;
+        }
+        s.policy_counters = all;
+        true
+    });
+}
 
 impl State {
     fn backend_routes(&self) -> usize {

@@ -43,6 +43,8 @@ pub enum Problem {
     Nat(String),
     #[error("services: {0}")]
     Services(String),
+    #[error("network policy: {0}")]
+    Policy(String),
     /// A node port that a reef-portmap mapping on the host also claims.
     #[error("node port {port}/{proto} of service {service} is also mapped by reef-portmap ({mapping}); which one a connection gets is undefined")]
     NodePortClash {
@@ -77,7 +79,7 @@ impl Problem {
     pub fn retry(&self) -> bool {
         matches!(
             self,
-            Problem::Route(_) | Problem::Nat(_) | Problem::Services(_)
+            Problem::Route(_) | Problem::Nat(_) | Problem::Services(_) | Problem::Policy(_)
         )
     }
 }

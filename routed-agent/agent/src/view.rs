@@ -4,6 +4,7 @@
 
 use crate::desired::endpoints::{EndpointIndex, Interner, Name, Workload};
 use crate::desired::services::Changed;
+use reef_schema::policy::{Namespace, NetworkPolicy, NAMESPACES, POLICIES};
 use reef_schema::services::SERVICES;
 use reef_schema::{
     AgentStatus, Block, BorrowedRecord, ClusterConfig, NodeRecord, Service, AGENTS, BLOCKS,
@@ -33,6 +34,10 @@ pub struct ClusterView {
     pub index: EndpointIndex,
     /// What changed for services since the loop last cleared it (after each reconcile).
     pub changed: Changed,
+    /// Policy key (`<namespace>/<name>`) -> policy.
+    pub policies: BTreeMap<String, NetworkPolicy>,
+    /// Namespaces someone applied (the others have only their name label).
+    pub namespaces: BTreeMap<String, Namespace>,
 }
 
 /// What a change touched, so the caller recomputes only what depends on it.
@@ -43,6 +48,8 @@ pub enum Touched {
     Agents,
     /// Services or workloads (endpoints).
     Services,
+    /// Policies or namespaces.
+    Policy,
     Nothing,
 }
 
@@ -145,6 +152,22 @@ impl ClusterView {
                 }
             }
             return Touched::Services;
+        }
+        if let Some(id) = key.strip_prefix(POLICIES) {
+            let new: Option<NetworkPolicy> = value.and_then(|v| decode(key, v));
+            if self.policies.get(id) == new.as_ref() {
+                return Touched::Nothing;
+            }
+            set(&mut self.policies, id.to_string(), new);
+            return Touched::Policy;
+        }
+        if let Some(name) = key.strip_prefix(NAMESPACES) {
+            let new: Option<Namespace> = value.and_then(|v| decode(key, v));
+            if self.namespaces.get(name) == new.as_ref() {
+                return Touched::Nothing;
+            }
+            set(&mut self.namespaces, name.to_string(), new);
+            return Touched::Policy;
         }
         if let Some(name) = key.strip_prefix(AGENTS) {
             let new: Option<AgentStatus> = value.and_then(|v| decode(key, v));

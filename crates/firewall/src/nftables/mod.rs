@@ -6,9 +6,11 @@
 //! expressions the crate has no types for: fib, ct, nat, bitwise marks); after that a pod's
 //! ADD/DEL is one netlink batch of element changes, no `nft` process on the hot path.
 
+pub mod guard;
 mod masquerade;
 pub(crate) mod nat;
 mod objects;
+pub mod policy;
 pub mod portmap;
 pub mod services;
 
@@ -18,7 +20,7 @@ pub use objects::NFPROTO_INET;
 use crate::conntrack;
 use crate::driver::FirewallDriver;
 use crate::nfnetlink::NfNetlink;
-use crate::rules::{Masquerade, NatPool, Owner, PortMapping, ServiceLb};
+use crate::rules::{Masquerade, NatPool, Owner, PodGuard, PolicyRuleset, PortMapping, ServiceLb};
 use crate::{Error, Result};
 use portmap::Ops;
 use services::{ServiceKey, ServicesApplied};
@@ -33,6 +35,8 @@ pub struct Nftables {
     nl: Option<NfNetlink>,
     /// The services table's picture (the agent's driver lives as long as the agent).
     services: services::ServicesState,
+    /// The policy table's picture (the agent's).
+    policy: policy::PolicyState,
 }
 
 pub(crate) fn io(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -198,6 +202,40 @@ impl FirewallDriver for Nftables {
 
     fn remove_services(&mut self) -> Result<()> {
         self.services.remove()
+    }
+
+    fn hold_new_pod(&mut self, iface: &str, namespace: &str) -> Result<bool> {
+        guard::hold(self.socket()?, iface, namespace)
+    }
+
+    fn add_pod_guard(&mut self, g: &PodGuard) -> Result<()> {
+        guard::add_pod(self.socket()?, g)
+    }
+
+    fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()> {
+        guard::del_pod(self.socket()?, iface, ips)
+    }
+
+    fn sync_policy(&mut self, desired: &PolicyRuleset, full: bool) -> Result<bool> {
+        if full {
+            guard::ensure(self.socket()?)?;
+        }
+        let changed = self.policy.sync(desired, full)?;
+        guard::set_namespaces(self.socket()?, &desired.namespaces)?;
+        Ok(changed)
+    }
+
+    fn release_pods(&mut self, ifaces: &[String]) -> Result<()> {
+        guard::release(self.socket()?, ifaces)
+    }
+
+    fn policy_counters(&mut self) -> Result<std::collections::BTreeMap<String, u64>> {
+        policy::counters()
+    }
+
+    fn remove_policy(&mut self) -> Result<()> {
+        self.policy.forget();
+        policy::remove()
     }
 
     fn close_in_background(self: Box<Self>) {

@@ -74,6 +74,9 @@ pub enum ElemChange<'a, E: AsElem = Elem> {
     },
     /// Delete `elems` (by key) from `set`; a missing key fails the batch with ENOENT.
     Del { set: &'a str, elems: &'a [E] },
+    /// Delete `elems` where present (NFT_MSG_DESTROYSETELEM, Linux 6.3+): a missing key is
+    /// not an error, so one batch can clean up what may or may not be there.
+    Destroy { set: &'a str, elems: &'a [E] },
 }
 
 fn nft(msg: NfTablesMessage) -> NetfilterMessageInner {
@@ -153,6 +156,7 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFT_JUMP: i32 = -3;
 const NFT_MSG_NEWSETELEM: u8 = 12;
 const NFT_MSG_DELSETELEM: u8 = 14;
+const NFT_MSG_DESTROYSETELEM: u8 = 30;
 
 fn value(nested: &[u8]) -> Option<Vec<u8>> {
     nlas(nested)
@@ -235,14 +239,14 @@ pub(crate) fn elem_requests<E: AsElem>(
                     )
                 }));
             }
-            ElemChange::Del { set, elems } => {
+            ElemChange::Del { set, elems } | ElemChange::Destroy { set, elems } => {
+                let kind = if matches!(c, ElemChange::Del { .. }) {
+                    NFT_MSG_DELSETELEM
+                } else {
+                    NFT_MSG_DESTROYSETELEM
+                };
                 msgs.extend(elems.chunks(ELEMS_PER_MSG).map(|chunk| {
-                    Request::nft(
-                        NFT_MSG_DELSETELEM,
-                        elem_attrs(table, set, chunk, false),
-                        family,
-                        0,
-                    )
+                    Request::nft(kind, elem_attrs(table, set, chunk, false), family, 0)
                 }));
             }
         }

@@ -66,6 +66,9 @@ pub struct Workload {
     /// Sorted by key (a record's labels are a map: keys are unique).
     pub labels: Box<[(Name, Name)]>,
     pub ips: Box<[IpAddr]>,
+    /// The pod's host-side interface (network policy holds and releases it); one per pod,
+    /// so not interned.
+    pub iface: Option<Box<str>>,
 }
 
 /// The fields of a workload record services read (`node` borrowed from the record's bytes
@@ -81,6 +84,22 @@ struct Fields<'a> {
     labels: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
     #[serde(default)]
     ips: Vec<IpAddr>,
+    #[serde(default, borrow, rename = "hostInterface")]
+    host_interface: Option<Cow<'a, str>>,
+}
+
+impl reef_policy::Pod for Workload {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        Workload::label(self, key)
+    }
+
+    fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
 }
 
 impl Workload {
@@ -96,6 +115,7 @@ impl Workload {
                 .map(|(k, v)| (names.intern(k), names.intern(v)))
                 .collect(),
             ips: f.ips.into_boxed_slice(),
+            iface: f.host_interface.as_deref().map(Box::from),
         })
     }
 

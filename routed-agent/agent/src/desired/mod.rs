@@ -9,6 +9,7 @@
 
 pub mod endpoints;
 pub mod nat;
+pub mod policy;
 pub mod services;
 pub mod trust;
 pub mod vxlan;

@@ -5,13 +5,13 @@
 //!
 //! 1. [`nat::NatManager`]: natOutgoing (one nftables table, replaced when the pools change);
 //! 2. [`routes::RoutesManager`]: routes between nodes, through the routed or a VXLAN backend;
-//! 3. [`services::ServicesManager`]: virtual IPs and node ports to live endpoints.
-//!
-//! Network policy is the next concern: a module here with a desired-state function in
-//! `desired/` and an entry in [`for_node`].
+//! 3. [`services::ServicesManager`]: virtual IPs and node ports to live endpoints;
+//! 4. [`policy::PolicyManager`]: network policy for this node's pods, then the release of
+//!    new pods held until their rules are in place.
 
 pub mod diff;
 pub mod nat;
+pub mod policy;
 pub mod routes;
 pub mod services;
 
@@ -44,6 +44,8 @@ pub struct Outcome {
     /// Service ports and endpoints programmed now (the services manager).
     pub services: usize,
     pub endpoints: usize,
+    /// Policies in the cluster (the policy manager).
+    pub policies: usize,
 }
 
 impl Outcome {
@@ -53,6 +55,7 @@ impl Outcome {
         self.routes += other.routes;
         self.services += other.services;
         self.endpoints += other.endpoints;
+        self.policies += other.policies;
         self.vtep = self.vtep.take().or(other.vtep);
     }
 }
@@ -67,6 +70,11 @@ pub trait Manager {
     /// (start, re-list, periodic resync); otherwise only the difference from the last call
     /// is applied.
     fn sync<'a>(&'a mut self, view: &'a ClusterView, full: bool) -> SyncFuture<'a>;
+
+    /// Per policy, the packet counters of this node (the policy manager only).
+    fn policy_counters(&mut self) -> Option<BTreeMap<String, reef_schema::PolicyCounters>> {
+        None
+    }
 }
 
 /// The managers of node `me`, in the order they run.
@@ -79,7 +87,7 @@ pub fn for_node(me: &str, nl: Netlink, underlay: Underlay) -> Vec<Box<dyn Manage
             services::Firewall::default(),
             Some(nl),
         )),
-        // policy::PolicyManager plugs in here.
+        Box::new(policy::PolicyManager::new(me, policy::Firewall::default())),
     ]
 }
 
