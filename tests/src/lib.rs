@@ -10,7 +10,8 @@
 //!   [`store`]: IPAM state on disk and in etcd, read without the plugins;
 //! - [`cluster`]: the cluster IPAM fixture (hosts, etcd, `reef-ipam` runs); [`routed`]: the
 //!   routed-mode fixture (hosts, etcd, agents, pods); [`agent`]: `reef-agent` processes and
-//!   `reefctl`; [`overlay`]: the VXLAN modes' forwarding state;
+//!   `reefctl`; [`overlay`]: the VXLAN modes' forwarding state; [`policy`]: the network
+//!   policy world (namespaces × pods with servers, the probe matrix and its own oracle);
 //! - [`traffic`]: pings, checked TCP streams, iperf3; [`monitor`]: route and neighbour
 //!   notifications, route samples, interface counters;
 //! - [`run`]: the reef-run harness; [`bench`](mod@bench): what only the benches share.
@@ -40,6 +41,7 @@ pub mod inspect;
 pub mod monitor;
 pub mod netconf;
 pub mod overlay;
+pub mod policy;
 pub mod routed;
 pub mod run;
 #[cfg(test)]
