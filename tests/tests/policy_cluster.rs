@@ -73,14 +73,16 @@ impl Failures {
     }
 }
 
-/// Applies each case, expects the oracle's matrix within [`CONVERGE`], deletes it and
-/// expects everything reachable again (a removed policy restores traffic).
+/// Applies each case, expects the oracle's matrix within [`CONVERGE`] and `reefctl trace`
+/// to agree with it on every cell, deletes it and expects everything reachable again (a
+/// removed policy restores traffic).
 fn run_cases(w: &mut PolicyWorld, cases: Vec<Case>, f: &mut Failures) {
     for c in cases {
         let since = w.apply(&c.docs);
         if let Some(t) = f.check(w.converge(c.name, since, CONVERGE)) {
             eprintln!("{}: converged {t:?} after the apply", c.name);
         }
+        f.check(w.trace_all(8));
         let since = w.delete(&c.docs);
         let what = format!("{} deleted: everything reachable again", c.name);
         if let Some(t) = f.check(w.converge(&what, since, CONVERGE)) {
