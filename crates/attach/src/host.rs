@@ -100,6 +100,12 @@ pub trait HostSide: Sized {
         None
     }
 
+    /// The masquerade the pod's addresses join (reef-bridge's `ipMasq`), programmed with the
+    /// pod's guard in one commit.
+    fn masquerade(&self, _args: &CmdArgs, _ipam: &CniResult) -> Option<reef_firewall::Masquerade> {
+        None
+    }
+
     /// ADD's last step, both ends configured. On failure it leaves nothing of its own behind:
     /// the caller only deletes the pair (and what goes with it) and releases IPAM.
     async fn finish_add(&self, add: &Add<'_>, pod_link: &LinkInfo) -> Result<(), CniError>;

@@ -63,41 +63,44 @@ impl<'a, H: HostSide> VethPlugin<'a, H> {
             }
         };
         let mut veth_created = false;
-        // Anti-spoofing before the pod exists, so it never sends from another address.
+        let res = add_links(
+            host_side,
+            args,
+            &ipam_result,
+            pod_ns,
+            pod_socket,
+            &host,
+            &mut veth_created,
+        )
+        .await;
+        // The pod's firewall needs, before the runtime starts anything in it: anti-spoofing
+        // (and the network's masquerade, for a bridge), in one commit.
+        let ips: Vec<IpAddr> = ipam_result.ips.iter().map(|i| i.address.ip()).collect();
         let guard = PodGuard {
             iface: host_name.clone(),
-            ips: host_side
-                .pod_ips(&ipam_result)
-                .iter()
-                .map(|i| i.address.ip())
-                .collect(),
+            ips: ips.clone(),
             bridge: host_side.isolation(),
         };
-        let res = match fw.add_pod_guard(&guard).map_err(fw_err) {
-            Ok(()) => {
-                add_links(
-                    host_side,
-                    args,
-                    &ipam_result,
-                    pod_ns,
-                    pod_socket,
-                    &host,
-                    &mut veth_created,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
+        let masquerade = host_side.masquerade(args, &ipam_result);
+        let res = res.and_then(|r| {
+            fw.add_pod_guard(&guard, masquerade.as_ref().map(|m| (m, &ips[..])))
+                .map_err(fw_err)?;
+            Ok(r)
+        });
         if res.is_err() {
             // Undo in reverse: the guard, the veth pair (its host routes and neighbours go
             // with it, the pod end with its peer), then the IPAM reservation.
-            let ips: Vec<IpAddr> = ipam_result.ips.iter().map(|i| i.address.ip()).collect();
             let _ = fw.del_pod_guard(&host_name, &ips);
+            if let Some(m) = &masquerade {
+                let _ = fw.del_masquerade(&m.network, &ips);
+            }
             if veth_created {
                 let _ = host.delete_link(&host_name).await;
             }
             let _ = ipam.run(Command::Del);
         }
+        // A commit's socket closed at once waits for the kernel's destroy work (an RCU grace
+        // period, 8-15 ms here): a detached child closes it (see `close_in_background`).
         fw.close_in_background();
         res
     }

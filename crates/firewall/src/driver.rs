@@ -76,9 +76,14 @@ pub trait FirewallDriver {
     /// when this host's agent says `namespace` has a policy, so the pod is never reachable
     /// before its policy is programmed; whether it did. The agent releases it.
     fn hold_new_pod(&mut self, iface: &str, namespace: &str) -> Result<bool>;
-    /// Plugins: the pod's anti-spoofing (only its addresses may leave its interface) and its
-    /// bridge's isolation from the host's other bridge networks.
-    fn add_pod_guard(&mut self, g: &PodGuard) -> Result<()>;
+    /// Plugins: the pod's anti-spoofing (only its addresses may leave its interface), its
+    /// bridge's isolation from the host's other bridge networks and, with `masquerade`, what
+    /// `add_masquerade` does, all in one step (one commit per ADD).
+    fn add_pod_guard(
+        &mut self,
+        g: &PodGuard,
+        masquerade: Option<(&Masquerade, &[IpAddr])>,
+    ) -> Result<()>;
     /// Removes what `add_pod_guard` and `hold_new_pod` added (idempotent).
     fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()>;
 

@@ -59,7 +59,7 @@ fn pod_routes(conf: &BridgeConf, ipam: &CniResult) -> Vec<Route> {
 }
 
 impl Bridge {
-    fn masquerade(args: &CmdArgs, ips: &[IpNetwork]) -> Masquerade {
+    fn masquerade_of(args: &CmdArgs, ips: &[IpNetwork]) -> Masquerade {
         Masquerade {
             network: args.conf.name.clone(),
             subnets: ips.iter().map(subnet_of).collect(),
@@ -206,20 +206,14 @@ impl HostSide for Bridge {
         })
     }
 
-    /// Masquerade of the pod's addresses, removed again if adding them fails.
-    async fn finish_add(&self, add: &Add<'_>, _pod_link: &LinkInfo) -> Result<(), CniError> {
-        if !self.conf.ip_masq {
-            return Ok(());
-        }
-        let args = add.args;
-        let nets: Vec<IpNetwork> = add.ipam.ips.iter().map(|i| i.address).collect();
-        let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-        let mut fw = driver_from_env().map_err(fw_err)?;
-        if let Err(e) = fw.add_masquerade(&Self::masquerade(args, &nets), &ips) {
-            let _ = fw.del_masquerade(&args.conf.name, &ips);
-            return Err(fw_err(e));
-        }
+    /// Nothing left: the masquerade elements go with the pod's guard (`masquerade`).
+    async fn finish_add(&self, _add: &Add<'_>, _pod_link: &LinkInfo) -> Result<(), CniError> {
         Ok(())
+    }
+
+    fn masquerade(&self, args: &CmdArgs, ipam: &CniResult) -> Option<Masquerade> {
+        let nets: Vec<IpNetwork> = ipam.ips.iter().map(|i| i.address).collect();
+        self.conf.ip_masq.then(|| Self::masquerade_of(args, &nets))
     }
 
     /// The bridge exists and the host veth is attached to it.
@@ -245,7 +239,7 @@ impl HostSide for Bridge {
             let nets: Vec<IpNetwork> = check.prev.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
             driver_from_env()
-                .and_then(|mut fw| fw.check_masquerade(&Self::masquerade(args, &nets), &ips))
+                .and_then(|mut fw| fw.check_masquerade(&Self::masquerade_of(args, &nets), &ips))
                 .map_err(|e| check_err(e.to_string()))?;
         }
         Ok(())

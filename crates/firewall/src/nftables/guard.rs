@@ -26,7 +26,7 @@
 use super::objects::{elem_requests, AsElem, ElemChange, ElemRef};
 use super::{io, run_nft};
 use crate::nfnetlink::NfNetlink;
-use crate::rules::PodGuard;
+use crate::rules::{Masquerade, PodGuard};
 use crate::Result;
 use std::net::IpAddr;
 
@@ -302,9 +302,21 @@ pub(crate) fn set_namespaces(
         .map_err(io("update policy-namespaces"))
 }
 
-/// A pod's anti-spoofing elements and its bridge's isolation elements, in both tables.
-pub(crate) fn add_pod(nl: &mut NfNetlink, g: &PodGuard) -> Result<()> {
+/// A pod's anti-spoofing elements and its bridge's isolation elements, in both tables, and
+/// with `masquerade` its network's masquerade elements: ONE transaction, because a second
+/// commit right after a first waits for the first's destroy work (an RCU grace period, about
+/// 8 ms of every ADD here).
+pub(crate) fn add_pod(
+    nl: &mut NfNetlink,
+    g: &PodGuard,
+    masquerade: Option<(&Masquerade, &[IpAddr])>,
+) -> Result<()> {
     ensure(nl)?;
+    let mut extra = Vec::new();
+    if let Some((m, ips)) = masquerade {
+        super::masquerade::ensure_table(nl, m)?;
+        extra = super::masquerade::element_requests(m, ips);
+    }
     let ifaces = [Key(ifname_key(&g.iface).to_vec())];
     let (v4, v6) = source_keys(g);
     let changes = pod_changes(&ifaces, &v4, &v6, true);
@@ -341,7 +353,11 @@ pub(crate) fn add_pod(nl: &mut NfNetlink, g: &PodGuard) -> Result<()> {
             }
         });
     }
-    in_both(nl, &changes, &inet).map_err(io("add the pod's anti-spoofing elements"))
+    let mut msgs = elem_requests(NFPROTO_BRIDGE, TABLE, &changes);
+    msgs.extend(elem_requests(NFPROTO_INET, TABLE, &inet));
+    msgs.extend(extra);
+    nl.transaction(msgs)
+        .map_err(io("add the pod's guard and masquerade elements"))
 }
 
 /// Removes a pod's elements, and its hold (idempotent; nothing to do without the tables).

@@ -13,9 +13,10 @@
 //! the chain and the sets back over netlink.
 
 use super::io;
-use super::objects::{expression_names, NFPROTO_INET};
+use super::objects::{elem_requests, expression_names, Elem, ElemChange, NFPROTO_INET};
 use super::run_nft;
 use crate::nfnetlink::NfNetlink;
+use crate::nfnetlink::Request;
 use crate::rules::Masquerade;
 use crate::{Error, Result};
 use ipnetwork::IpNetwork;
@@ -65,7 +66,7 @@ pub fn table_script(m: &Masquerade) -> String {
     )
 }
 
-fn ensure_table(nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
+pub(crate) fn ensure_table(nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
     let table = table_name(&m.network);
     if nl
         .table_exists(NFPROTO_INET, &table)
@@ -78,6 +79,39 @@ fn ensure_table(nl: &mut NfNetlink, m: &Masquerade) -> Result<()> {
     // transaction, so concurrent ADDs racing here need no lock and keep set elements.
     run_nft(&table_script(m), &format!("create table {table}"))?;
     Ok(())
+}
+
+/// The element messages adding `pod_ips` to the network's sets (for a larger transaction).
+pub(crate) fn element_requests(m: &Masquerade, pod_ips: &[IpAddr]) -> Vec<Request> {
+    let table = table_name(&m.network);
+    let mut msgs = Vec::new();
+    for v4 in [true, false] {
+        let elems: Vec<Elem> = pod_ips
+            .iter()
+            .filter(|i| i.is_ipv4() == v4)
+            .map(|ip| Elem {
+                key: match ip {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                },
+                ..Elem::default()
+            })
+            .collect();
+        if elems.is_empty() {
+            continue;
+        }
+        let set = if v4 { "pods4" } else { "pods6" };
+        msgs.extend(elem_requests(
+            NFPROTO_INET,
+            &table,
+            &[ElemChange::Add {
+                set,
+                elems: &elems,
+                exclusive: false,
+            }],
+        ));
+    }
+    msgs
 }
 
 pub(crate) fn add(nl: &mut NfNetlink, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {

@@ -208,8 +208,12 @@ impl FirewallDriver for Nftables {
         guard::hold(self.socket()?, iface, namespace)
     }
 
-    fn add_pod_guard(&mut self, g: &PodGuard) -> Result<()> {
-        guard::add_pod(self.socket()?, g)
+    fn add_pod_guard(
+        &mut self,
+        g: &PodGuard,
+        masquerade: Option<(&Masquerade, &[IpAddr])>,
+    ) -> Result<()> {
+        guard::add_pod(self.socket()?, g, masquerade)
     }
 
     fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()> {
