@@ -731,10 +731,7 @@ fn an_agent_restart_keeps_enforcing_and_counters_reach_policy_show() {
     // Every probe above crossed the policy: both counters move, summed over the agents.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = w.rc.reefctl_json(
-            0,
-            &["policy", "show", "same", "-n", "x", "--output", "json"],
-        );
+        let v = w.rc.reefctl_json(0, &["policy", "show", "same", "-n", "x"]);
         let (allowed, dropped) = (
             v["counters"]["allowed"].as_u64().unwrap_or(0),
             v["counters"]["dropped"].as_u64().unwrap_or(0),
