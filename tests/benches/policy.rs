@@ -28,7 +28,7 @@
 //!
 //! `cargo build --release --workspace && cargo bench -p reef-tests --bench policy`
 //! Environment: `REEF_BENCH_HOSTS` (10), `REEF_BENCH_OTHERS` (999), `REEF_BENCH_ROUNDS`
-//! (rate rounds per side, 4), `REEF_BENCH_CONNECTS` (connections per rate round, 2000),
+//! (rate rounds per side, 4), `REEF_BENCH_CONNECTS` (connections per rate round, 10000),
 //! `REEF_BENCH_CHANGES` (part 2 rounds, 50), `REEF_BENCH_ADDS` (part 3 rounds, 20).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -136,7 +136,7 @@ fn main() {
     let hosts = env_or("REEF_BENCH_HOSTS", 10).max(3);
     let others = env_or("REEF_BENCH_OTHERS", 999);
     let rounds = env_or("REEF_BENCH_ROUNDS", 4);
-    let connects = env_or("REEF_BENCH_CONNECTS", 2000);
+    let connects = env_or("REEF_BENCH_CONNECTS", 10000);
     let changes = env_or("REEF_BENCH_CHANGES", 50);
     let adds = env_or("REEF_BENCH_ADDS", 20);
     println!("policy bench: {hosts} hosts, load {}", loadavg());

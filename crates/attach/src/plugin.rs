@@ -310,6 +310,10 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
         match gc_stale_veths(args) {
             Ok(removed) if !removed.is_empty() => {
                 eprintln!("{}: GC removed stale host veths {removed:?}", H::PLUGIN);
+                // Their anti-spoofing elements and holds go with them.
+                if let Err(e) = driver_from_env().and_then(|mut fw| fw.gc_pod_guards(&removed)) {
+                    gc.errors.push(fw_err(e));
+                }
             }
             Ok(_) => {}
             Err(e) => gc.errors.push(e),

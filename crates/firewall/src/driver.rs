@@ -84,8 +84,11 @@ pub trait FirewallDriver {
         g: &PodGuard,
         masquerade: Option<(&Masquerade, &[IpAddr])>,
     ) -> Result<()>;
-    /// Removes what `add_pod_guard` and `hold_new_pod` added (idempotent).
+    /// Removes what `add_pod_guard` and `hold_new_pod` added (idempotent); without `ips`,
+    /// every address the guard holds for `iface`.
     fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()>;
+    /// GC: removes every guard element of these host interfaces (stale attachments').
+    fn gc_pod_guards(&mut self, ifaces: &[String]) -> Result<()>;
 
     /// Network policy (reef-agent): makes the node's policy table `desired` in one
     /// transaction (`full`: replace it whole, at start), and the namespaces whose new pods are

@@ -236,8 +236,9 @@ const LISTED: [&str; 9] = [
     AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NAMESPACES, NODES, POLICIES, SERVICES, WORKLOADS,
 ];
 
-/// How often the policy counters are read and, when they moved, published.
-const COUNTERS_EVERY: Duration = Duration::from_secs(2);
+/// How often the policy counters are read (one `nft` process, only on a node whose pods a
+/// policy selects) and, when they moved, published.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 
 /// The policy counters into the agent's status (the heartbeat writes it when it changed).
 fn publish_counters(st: &mut State) {

@@ -360,8 +360,50 @@ pub(crate) fn add_pod(
         .map_err(io("add the pod's guard and masquerade elements"))
 }
 
+/// Removes every element of `ifaces` (their interfaces, holds and addresses, whichever
+/// they are), read back from the kernel: for GC and for a DEL that no longer knows the
+/// pod's addresses.
+pub(crate) fn forget_ifaces(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()> {
+    if ifaces.is_empty()
+        || !nl
+            .table_exists(NFPROTO_INET, TABLE)
+            .map_err(io("query nftables"))?
+    {
+        return Ok(());
+    }
+    let names: Vec<[u8; 16]> = ifaces.iter().map(|i| ifname_key(i)).collect();
+    let mut msgs = Vec::new();
+    for family in [NFPROTO_INET, NFPROTO_BRIDGE] {
+        for set in ["pod-ifaces", "pending", "pod-sources", "pod-sources6"] {
+            let stale: Vec<Key> = nl
+                .dump_elements(family, TABLE, set)
+                .map_err(io("read the guard elements"))?
+                .into_iter()
+                .filter(|e| e.key.len() >= 16 && names.iter().any(|n| e.key[..16] == n[..]))
+                .map(|e| Key(e.key))
+                .collect();
+            if !stale.is_empty() {
+                msgs.extend(elem_requests(
+                    family,
+                    TABLE,
+                    &[ElemChange::Destroy {
+                        set,
+                        elems: &stale,
+                    }],
+                ));
+            }
+        }
+    }
+    nl.transaction(msgs)
+        .map_err(io("remove stale guard elements"))
+}
+
 /// Removes a pod's elements, and its hold (idempotent; nothing to do without the tables).
+/// Without its addresses, whatever the kernel holds for its interface.
 pub(crate) fn del_pod(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result<()> {
+    if ips.is_empty() {
+        return forget_ifaces(nl, &[iface.to_string()]);
+    }
     if !nl
         .table_exists(NFPROTO_INET, TABLE)
         .map_err(io("query nftables"))?

@@ -220,6 +220,10 @@ impl FirewallDriver for Nftables {
         guard::del_pod(self.socket()?, iface, ips)
     }
 
+    fn gc_pod_guards(&mut self, ifaces: &[String]) -> Result<()> {
+        guard::forget_ifaces(self.socket()?, ifaces)
+    }
+
     fn sync_policy(&mut self, desired: &PolicyRuleset, full: bool) -> Result<bool> {
         if full {
             guard::ensure(self.socket()?)?;

@@ -110,6 +110,10 @@ impl<P: PolicyProgrammer> PolicyManager<P> {
 
     /// Per policy: packets allowed by its rules and dropped at the pods it isolates here.
     pub fn counters(&mut self) -> BTreeMap<String, PolicyCounters> {
+        // No policy selects a pod here: nothing to read (and no nft process to run).
+        if self.last.counters.is_empty() {
+            return BTreeMap::new();
+        }
         let raw = match self.programmer.counters() {
             Ok(r) => r,
             Err(e) => {
