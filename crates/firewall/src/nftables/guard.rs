@@ -386,10 +386,7 @@ pub(crate) fn forget_ifaces(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()>
                 msgs.extend(elem_requests(
                     family,
                     TABLE,
-                    &[ElemChange::Destroy {
-                        set,
-                        elems: &stale,
-                    }],
+                    &[ElemChange::Destroy { set, elems: &stale }],
                 ));
             }
         }

@@ -13,7 +13,7 @@
 //! the chain and the sets back over netlink.
 
 use super::io;
-use super::objects::{elem_requests, expression_names, Elem, ElemChange, NFPROTO_INET};
+use super::objects::{elem_requests, expression_names, ip_elems, ElemChange, NFPROTO_INET};
 use super::run_nft;
 use crate::nfnetlink::NfNetlink;
 use crate::nfnetlink::Request;
@@ -86,17 +86,7 @@ pub(crate) fn element_requests(m: &Masquerade, pod_ips: &[IpAddr]) -> Vec<Reques
     let table = table_name(&m.network);
     let mut msgs = Vec::new();
     for v4 in [true, false] {
-        let elems: Vec<Elem> = pod_ips
-            .iter()
-            .filter(|i| i.is_ipv4() == v4)
-            .map(|ip| Elem {
-                key: match ip {
-                    IpAddr::V4(a) => a.octets().to_vec(),
-                    IpAddr::V6(a) => a.octets().to_vec(),
-                },
-                ..Elem::default()
-            })
-            .collect();
+        let elems = ip_elems(pod_ips.iter().filter(|i| i.is_ipv4() == v4));
         if elems.is_empty() {
             continue;
         }

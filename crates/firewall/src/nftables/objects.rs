@@ -28,6 +28,19 @@ pub struct Elem {
     pub jump: Option<String>,
 }
 
+/// Key-only elements of addresses (an `ipv4_addr` or `ipv6_addr` set).
+pub(crate) fn ip_elems<'a>(ips: impl IntoIterator<Item = &'a IpAddr>) -> Vec<Elem> {
+    ips.into_iter()
+        .map(|ip| Elem {
+            key: match ip {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            },
+            ..Elem::default()
+        })
+        .collect()
+}
+
 /// Elements per NEWSETELEM/DELSETELEM message: well under the 64 KiB a netlink attribute
 /// can hold, with a key, data and a 127-byte comment each.
 const ELEMS_PER_MSG: usize = 128;
@@ -365,16 +378,7 @@ impl NfNetlink {
         if ips.is_empty() {
             return Ok(());
         }
-        let elems: Vec<Elem> = ips
-            .iter()
-            .map(|ip| Elem {
-                key: match ip {
-                    IpAddr::V4(a) => a.octets().to_vec(),
-                    IpAddr::V6(a) => a.octets().to_vec(),
-                },
-                ..Elem::default()
-            })
-            .collect();
+        let elems = ip_elems(ips);
         let change = if add {
             ElemChange::Add {
                 set,

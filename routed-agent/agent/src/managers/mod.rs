@@ -60,6 +60,26 @@ impl Outcome {
     }
 }
 
+/// The host's firewall driver (`REEF_FIREWALL_DRIVER`, nftables by default), opened on first
+/// use and kept for the agent's life: a driver holds its tables' pictures.
+#[derive(Default)]
+pub struct Firewall {
+    driver: Option<Box<dyn reef_firewall::FirewallDriver>>,
+}
+
+impl Firewall {
+    pub fn driver(
+        &mut self,
+    ) -> Result<&mut Box<dyn reef_firewall::FirewallDriver>, reef_firewall::Error> {
+        if self.driver.is_none() {
+            self.driver = Some(reef_firewall::driver_from_env()?);
+        }
+        self.driver
+            .as_mut()
+            .ok_or_else(|| reef_firewall::Error::Check("no firewall driver".into()))
+    }
+}
+
 pub type SyncFuture<'a> = Pin<Box<dyn Future<Output = Result<Outcome, ManagerError>> + 'a>>;
 
 /// One concern of the data plane.
@@ -84,10 +104,10 @@ pub fn for_node(me: &str, nl: Netlink, underlay: Underlay) -> Vec<Box<dyn Manage
         Box::new(routes::RoutesManager::new(me, nl.clone(), underlay)),
         Box::new(services::ServicesManager::new(
             me,
-            services::Firewall::default(),
+            Firewall::default(),
             Some(nl),
         )),
-        Box::new(policy::PolicyManager::new(me, policy::Firewall::default())),
+        Box::new(policy::PolicyManager::new(me, Firewall::default())),
     ]
 }
 

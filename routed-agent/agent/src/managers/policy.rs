@@ -5,12 +5,12 @@
 //! sync of the agent's life replaces the table whole, in one transaction (the old table
 //! enforces until the new one is committed).
 
-use super::{Manager, Outcome, SyncFuture};
+use super::{Firewall, Manager, Outcome, SyncFuture};
 use crate::desired::policy as desired;
 use crate::problem::Problem;
 use crate::view::ClusterView;
 use crate::warn;
-use reef_firewall::{FirewallDriver, PolicyRuleset};
+use reef_firewall::PolicyRuleset;
 use reef_schema::PolicyCounters;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,23 +21,7 @@ pub trait PolicyProgrammer {
     fn counters(&mut self) -> Result<BTreeMap<String, u64>, reef_firewall::Error>;
 }
 
-/// Policy through the host's firewall driver, kept for the agent's life.
-#[derive(Default)]
-pub struct Firewall {
-    driver: Option<Box<dyn FirewallDriver>>,
-}
-
-impl Firewall {
-    fn driver(&mut self) -> Result<&mut Box<dyn FirewallDriver>, reef_firewall::Error> {
-        if self.driver.is_none() {
-            self.driver = Some(reef_firewall::driver_from_env()?);
-        }
-        self.driver
-            .as_mut()
-            .ok_or_else(|| reef_firewall::Error::Check("no firewall driver".into()))
-    }
-}
-
+/// Policy through the host's firewall driver.
 impl PolicyProgrammer for Firewall {
     fn sync(&mut self, r: &PolicyRuleset, full: bool) -> Result<bool, reef_firewall::Error> {
         self.driver()?.sync_policy(r, full)

@@ -9,13 +9,13 @@
 //! a VIP with no endpoint then reaches the firewall's input hook and is refused at once
 //! instead of following the default route away.
 
-use super::{Manager, ManagerError, Outcome, SyncFuture};
+use super::{Firewall, Manager, ManagerError, Outcome, SyncFuture};
 use crate::desired::services as desired;
 use crate::problem::Problem;
 use crate::view::ClusterView;
 use crate::{info, warn};
 use ipnetwork::IpNetwork;
-use reef_firewall::{FirewallDriver, PortMapping, ServiceKey, ServiceLb, ServicesApplied};
+use reef_firewall::{PortMapping, ServiceKey, ServiceLb, ServicesApplied};
 use reef_netlink::{Netlink, RouteKind, RouteSpec};
 use std::collections::BTreeMap;
 
@@ -36,24 +36,7 @@ pub trait ServicesProgrammer {
     }
 }
 
-/// Services through the host's firewall driver (`REEF_FIREWALL_DRIVER`, nftables by
-/// default), kept for the agent's life: the driver holds the table's picture.
-#[derive(Default)]
-pub struct Firewall {
-    driver: Option<Box<dyn FirewallDriver>>,
-}
-
-impl Firewall {
-    fn driver(&mut self) -> Result<&mut Box<dyn FirewallDriver>, reef_firewall::Error> {
-        if self.driver.is_none() {
-            self.driver = Some(reef_firewall::driver_from_env()?);
-        }
-        self.driver
-            .as_mut()
-            .ok_or_else(|| reef_firewall::Error::Check("no firewall driver".into()))
-    }
-}
-
+/// Services through the host's firewall driver.
 impl ServicesProgrammer for Firewall {
     fn sync_all(&mut self, all: &[ServiceLb]) -> Result<ServicesApplied, reef_firewall::Error> {
         self.driver()?.sync_services(all)
