@@ -1,5 +1,6 @@
 //! GC (CNI 1.1) through reef-bridge removes everything the network holds for attachments the
-//! runtime no longer lists — IPAM records, masquerade entries, host veths — and nothing of
+//! runtime no longer lists — IPAM records, masquerade entries, host veths and their guard
+//! (anti-spoofing) elements — and nothing of
 //! the listed ones, nor of another network sharing the bridge.
 
 use reef_tests::expect::*;
@@ -71,6 +72,28 @@ fn gc_removes_stale_veths_addresses_and_masquerade_entries_only() {
         vec![addr_of(&result_ip(&results[0], false))],
         "masquerade set after GC"
     );
+    // The pods' anti-spoofing elements: the listed and the other network's stay, the stale
+    // ones' are gone, in both guard tables.
+    for family in ["inet", "bridge"] {
+        let out = env
+            .host
+            .run("nft", ["list", "set", family, "reef-guard", "pod-sources"])
+            .expect("nft list set");
+        let listing = String::from_utf8_lossy(&out.stdout).to_string();
+        for (r, want) in [
+            (&results[0], true),
+            (&results[1], false),
+            (&results[2], false),
+            (&other_result, true),
+        ] {
+            let elem = format!("\"{}\" . {}", veth(r), addr_of(&result_ip(r, false)));
+            assert_eq!(
+                listing.contains(&elem),
+                want,
+                "{family} pod-sources after GC, {elem}: {listing}"
+            );
+        }
+    }
     assert!(reachable(&env.pods[0], &result_gateway(&results[0], false)));
     assert!(reachable(
         &env.pods[3],
