@@ -36,7 +36,27 @@ fn dir_tag(dir: PolicyType) -> &'static str {
 }
 
 pub fn policy_chain(p: &NetworkPolicy, dir: PolicyType) -> String {
-    format!("pol-{}.{}.{}", dir_tag(dir), p.namespace, p.name)
+    fit(format!("pol-{}.{}.{}", dir_tag(dir), p.namespace, p.name))
+}
+
+/// The longest name used as is: nf_tables names hold 255 bytes, and a namespace (63) and a
+/// policy name (253) together can exceed that.
+const NAME_MAX: usize = 200;
+
+/// `name`, or when too long its head and a hash of the whole (still unique in practice).
+fn fit(name: String) -> String {
+    if name.len() <= NAME_MAX {
+        return name;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut head = NAME_MAX - 17;
+    while !name.is_char_boundary(head) {
+        head -= 1;
+    }
+    format!("{}~{h:016x}", &name[..head])
 }
 
 /// An address as a name part (IPv6's colons are not allowed in nft names).
@@ -52,7 +72,7 @@ pub fn pod_chain(ip: IpAddr, dir: PolicyType) -> String {
 }
 
 fn allow_counter(p: &NetworkPolicy) -> String {
-    format!("allow.{}.{}", p.namespace, p.name)
+    fit(format!("allow.{}.{}", p.namespace, p.name))
 }
 
 fn drop_counter(ip: IpAddr, dir: PolicyType) -> String {
@@ -162,7 +182,7 @@ fn render_policy(
         if peers.any {
             matches.push(None);
         } else {
-            let name = format!("{}.{}.{}.{i}", dir_tag(dir), p.namespace, p.name);
+            let name = fit(format!("{}.{}.{}.{i}", dir_tag(dir), p.namespace, p.name));
             out.sets
                 .insert(name.clone(), PeerSet::V4(peers.ranges_v4()));
             matches.push(Some(PeerMatch {
@@ -253,6 +273,15 @@ mod tests {
         assert_eq!(d.ruleset.chains["from-pod.10.0.1.1"].len(), 2);
         assert!(d.ruleset.chains["pol-eg.x.p1"].is_empty());
         assert_eq!(d.counters["x/p1"].1.len(), 2);
+    }
+
+    #[test]
+    fn long_names_fit_nf_tables() {
+        let long = format!("pol-in.{}.{}", "n".repeat(63), "p".repeat(253));
+        let a = fit(long.clone());
+        assert_eq!(a.len(), NAME_MAX);
+        assert_ne!(a, fit(format!("{long}x")));
+        assert_eq!(fit("pol-in.x.p".into()), "pol-in.x.p");
     }
 
     #[test]
