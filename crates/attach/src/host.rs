@@ -100,6 +100,12 @@ pub trait HostSide: Sized {
         None
     }
 
+    /// The network whose masquerade sets DEL removes the pod's addresses from (reef-bridge's
+    /// `ipMasq`), with the pod's guard in one commit.
+    fn masquerade_network(&self, _args: &CmdArgs) -> Option<String> {
+        None
+    }
+
     /// The masquerade the pod's addresses join (reef-bridge's `ipMasq`), programmed with the
     /// pod's guard in one commit.
     fn masquerade(&self, _args: &CmdArgs, _ipam: &CniResult) -> Option<reef_firewall::Masquerade> {

@@ -90,10 +90,8 @@ impl<'a, H: HostSide> VethPlugin<'a, H> {
         if res.is_err() {
             // Undo in reverse: the guard, the veth pair (its host routes and neighbours go
             // with it, the pod end with its peer), then the IPAM reservation.
-            let _ = fw.del_pod_guard(&host_name, &ips);
-            if let Some(m) = &masquerade {
-                let _ = fw.del_masquerade(&m.network, &ips);
-            }
+            let network = masquerade.as_ref().map(|m| m.network.as_str());
+            let _ = fw.del_pod_guard(&host_name, &ips, network);
             if veth_created {
                 let _ = host.delete_link(&host_name).await;
             }
@@ -224,16 +222,26 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
                 Ok(ips) => del.ips = ips,
                 Err(e) => del.errors.push(e),
             }
-            // The pod's guard elements: the addresses it held (or prevResult's), and its
-            // hold. The socket closes after the veth is gone (see `HostSide::Teardown`).
-            let guard_ips: Vec<IpAddr> = match (&del.ips, &args.conf.prev_result) {
+            // The pod's guard and masquerade elements, in one commit: only addresses this
+            // attachment still held, or a retried DEL with a stale prevResult would strip
+            // the address's next owner. In-process IPAM says exactly which; with an exec'd
+            // one, prevResult's, else the pod's own (read before the veth, and they, go).
+            // Before the veth, so the kernel's RCU wait after this commit overlaps the one
+            // inside the veth deletion; the socket closes after it (`HostSide::Teardown`).
+            let held: Vec<IpAddr> = match (&del.ips, &args.conf.prev_result) {
                 (Some(ips), _) => ips.clone(),
+                (None, _) if !veth_present => Vec::new(),
                 (None, Some(r)) => r.ips.iter().map(|i| i.address.ip()).collect(),
-                (None, None) => Vec::new(),
+                // Never the plugin's own namespace: its addresses are the host's.
+                (None, None) => match pod_netns_for_del(args) {
+                    Some(ns) => pod_addresses(&ns, &args.ifname).await,
+                    None => Vec::new(),
+                },
             };
+            let masquerade = host_side.masquerade_network(args);
             match driver_from_env() {
                 Ok(mut fw) => {
-                    if let Err(e) = fw.del_pod_guard(&host_name, &guard_ips) {
+                    if let Err(e) = fw.del_pod_guard(&host_name, &held, masquerade.as_deref()) {
                         del.errors.push(fw_err(e));
                     }
                     guard_fw = Some(fw);
@@ -361,10 +369,37 @@ fn fw_err(e: reef_firewall::Error) -> CniError {
     CniError::new(codes::FIREWALL, e.to_string())
 }
 
+/// Addresses on `ifname` inside `ns`; empty when anything is missing (DEL must not fail on it).
+async fn pod_addresses(ns: &NetNs, ifname: &str) -> Vec<IpAddr> {
+    let Ok(pod) = Netlink::open_in(ns, || Ok(())) else {
+        return Vec::new();
+    };
+    match pod.link_by_name(ifname).await {
+        Ok(Some(l)) => pod
+            .addresses(l.index)
+            .await
+            .map(|a| {
+                a.iter()
+                    .map(|a| a.address.ip())
+                    .filter(|ip| !is_link_local(ip))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
 /// Undoes a hold of an ADD that failed before the pod existed.
 fn release_hold(fw: &mut dyn FirewallDriver, host_name: &str, held: bool) {
     if held {
-        let _ = fw.del_pod_guard(host_name, &[]);
+        let _ = fw.del_pod_guard(host_name, &[], None);
     }
 }
 

@@ -85,8 +85,14 @@ pub trait FirewallDriver {
         masquerade: Option<(&Masquerade, &[IpAddr])>,
     ) -> Result<()>;
     /// Removes what `add_pod_guard` and `hold_new_pod` added (idempotent); without `ips`,
-    /// every address the guard holds for `iface`.
-    fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()>;
+    /// every address the guard holds for `iface`. With `masquerade` (a network), what
+    /// `del_masquerade` does, in the same step.
+    fn del_pod_guard(
+        &mut self,
+        iface: &str,
+        ips: &[IpAddr],
+        masquerade: Option<&str>,
+    ) -> Result<()>;
     /// GC: removes every guard element of these host interfaces (stale attachments').
     fn gc_pod_guards(&mut self, ifaces: &[String]) -> Result<()>;
 

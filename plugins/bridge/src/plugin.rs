@@ -9,7 +9,7 @@ use reef_attach::{
 };
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Interface, NetConf, Route};
 use reef_firewall::{driver_from_env, BridgeIsolation, FirewallDriver, Masquerade};
-use reef_netlink::{sysctl, LinkInfo, NetNs, Netlink};
+use reef_netlink::{sysctl, LinkInfo, Netlink};
 use std::net::IpAddr;
 
 pub struct Bridge {
@@ -64,33 +64,6 @@ impl Bridge {
             network: args.conf.name.clone(),
             subnets: ips.iter().map(subnet_of).collect(),
         }
-    }
-}
-
-/// Addresses on `ifname` inside `ns`; empty when anything is missing (DEL must not fail on it).
-async fn pod_addresses(ns: &NetNs, ifname: &str) -> Vec<IpAddr> {
-    let Ok(pod) = Netlink::open_in(ns, || Ok(())) else {
-        return Vec::new();
-    };
-    match pod.link_by_name(ifname).await {
-        Ok(Some(l)) => pod
-            .addresses(l.index)
-            .await
-            .map(|a| {
-                a.iter()
-                    .map(|a| a.address.ip())
-                    .filter(|ip| !is_link_local(ip))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
-fn is_link_local(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => a.is_link_local(),
-        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
 
@@ -245,41 +218,9 @@ impl HostSide for Bridge {
         Ok(())
     }
 
-    /// Masquerade elements to remove: only addresses this attachment still owns, or a
-    /// retried DEL with a stale prevResult would unmasquerade the address's next owner. With
-    /// an exec'd IPAM: prevResult's, else the pod's own (read before the veth, and they, go).
-    /// Before the veth, so the kernel's RCU wait after this commit overlaps the one inside the
-    /// veth deletion instead of following it.
-    async fn del_host(&self, del: &mut Released<'_>, veth_present: bool) -> Self::Teardown {
-        if !self.conf.ip_masq {
-            return None;
-        }
-        let mut fw = match driver_from_env() {
-            Ok(fw) => fw,
-            Err(e) => {
-                del.errors.push(fw_err(e));
-                return None;
-            }
-        };
-        let args = del.args;
-        let masq_ips = match del.ips.take() {
-            Some(ips) => ips,
-            None if !veth_present => Vec::new(),
-            None => match &args.conf.prev_result {
-                Some(r) => r.ips.iter().map(|i| i.address.ip()).collect(),
-                // Never the plugin's own namespace: its addresses are the host's.
-                None => match reef_attach::pod_netns_for_del(args) {
-                    Some(ns) => pod_addresses(&ns, &args.ifname).await,
-                    None => Vec::new(),
-                },
-            },
-        };
-        if !masq_ips.is_empty() {
-            if let Err(e) = fw.del_masquerade(&args.conf.name, &masq_ips) {
-                del.errors.push(fw_err(e));
-            }
-        }
-        Some(fw)
+    /// DEL's masquerade elements leave with the pod's guard (`masquerade_network`).
+    fn masquerade_network(&self, args: &CmdArgs) -> Option<String> {
+        self.conf.ip_masq.then(|| args.conf.name.clone())
     }
 
     /// Masquerade entries of the addresses IPAM released.

@@ -396,8 +396,19 @@ pub(crate) fn forget_ifaces(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()>
 }
 
 /// Removes a pod's elements, and its hold (idempotent; nothing to do without the tables).
-/// Without its addresses, whatever the kernel holds for its interface.
-pub(crate) fn del_pod(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result<()> {
+/// Without its addresses, whatever the kernel holds for its interface. With `masquerade`
+/// (a network name), the addresses leave that network's masquerade sets in the same
+/// transaction: a second commit right after a first waits for the first's destroy work.
+pub(crate) fn del_pod(
+    nl: &mut NfNetlink,
+    iface: &str,
+    ips: &[IpAddr],
+    masquerade: Option<&str>,
+) -> Result<()> {
+    let masq = match masquerade {
+        Some(network) if !ips.is_empty() => super::masquerade::element_destroys(nl, network, ips)?,
+        _ => Vec::new(),
+    };
     if ips.is_empty() {
         return forget_ifaces(nl, &[iface.to_string()]);
     }
@@ -405,7 +416,9 @@ pub(crate) fn del_pod(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result
         .table_exists(NFPROTO_INET, TABLE)
         .map_err(io("query nftables"))?
     {
-        return Ok(());
+        return nl
+            .transaction(masq)
+            .map_err(io("remove the pod's masquerade elements"));
     }
     let g = PodGuard {
         iface: iface.to_string(),
@@ -419,7 +432,11 @@ pub(crate) fn del_pod(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result
         set: "pending",
         elems: &ifaces,
     });
-    in_both(nl, &changes, &changes).map_err(io("remove the pod's guard elements"))
+    let mut msgs = elem_requests(NFPROTO_BRIDGE, TABLE, &changes);
+    msgs.extend(elem_requests(NFPROTO_INET, TABLE, &changes));
+    msgs.extend(masq);
+    nl.transaction(msgs)
+        .map_err(io("remove the pod's guard and masquerade elements"))
 }
 
 #[cfg(test)]

@@ -104,6 +104,37 @@ pub(crate) fn element_requests(m: &Masquerade, pod_ips: &[IpAddr]) -> Vec<Reques
     msgs
 }
 
+/// The element messages removing `pod_ips` from `network`'s sets where present (none
+/// without the table), for a larger transaction.
+pub(crate) fn element_destroys(
+    nl: &mut NfNetlink,
+    network: &str,
+    pod_ips: &[IpAddr],
+) -> Result<Vec<Request>> {
+    let table = table_name(network);
+    if !nl
+        .table_exists(NFPROTO_INET, &table)
+        .map_err(io("query nftables"))?
+    {
+        return Ok(Vec::new());
+    }
+    let mut msgs = Vec::new();
+    for v4 in [true, false] {
+        let elems = ip_elems(pod_ips.iter().filter(|i| i.is_ipv4() == v4));
+        if !elems.is_empty() {
+            msgs.extend(elem_requests(
+                NFPROTO_INET,
+                &table,
+                &[ElemChange::Destroy {
+                    set: if v4 { "pods4" } else { "pods6" },
+                    elems: &elems,
+                }],
+            ));
+        }
+    }
+    Ok(msgs)
+}
+
 pub(crate) fn add(nl: &mut NfNetlink, m: &Masquerade, pod_ips: &[IpAddr]) -> Result<()> {
     ensure_table(nl, m)?;
     let table = table_name(&m.network);

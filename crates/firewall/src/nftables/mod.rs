@@ -216,8 +216,13 @@ impl FirewallDriver for Nftables {
         guard::add_pod(self.socket()?, g, masquerade)
     }
 
-    fn del_pod_guard(&mut self, iface: &str, ips: &[IpAddr]) -> Result<()> {
-        guard::del_pod(self.socket()?, iface, ips)
+    fn del_pod_guard(
+        &mut self,
+        iface: &str,
+        ips: &[IpAddr],
+        masquerade: Option<&str>,
+    ) -> Result<()> {
+        guard::del_pod(self.socket()?, iface, ips, masquerade)
     }
 
     fn gc_pod_guards(&mut self, ifaces: &[String]) -> Result<()> {
