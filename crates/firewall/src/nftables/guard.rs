@@ -25,7 +25,7 @@
 
 use super::objects::{elem_requests, AsElem, ElemChange, ElemRef};
 use super::{io, run_nft};
-use crate::nfnetlink::NfNetlink;
+use crate::nfnetlink::{NfNetlink, Request};
 use crate::rules::{Masquerade, PodGuard};
 use crate::Result;
 use std::net::IpAddr;
@@ -161,14 +161,17 @@ pub(crate) fn ensure(nl: &mut NfNetlink) -> Result<()> {
     Ok(())
 }
 
-/// Element changes in the bridge and the inet table, as ONE transaction.
+/// Element changes in the bridge and the inet table and `extra` messages (another table's),
+/// as ONE transaction.
 fn in_both<E: AsElem>(
     nl: &mut NfNetlink,
     bridge: &[ElemChange<E>],
     inet: &[ElemChange<E>],
+    extra: Vec<Request>,
 ) -> std::io::Result<()> {
     let mut msgs = elem_requests(NFPROTO_BRIDGE, TABLE, bridge);
     msgs.extend(elem_requests(NFPROTO_INET, TABLE, inet));
+    msgs.extend(extra);
     nl.transaction(msgs)
 }
 
@@ -201,7 +204,7 @@ pub(crate) fn hold(nl: &mut NfNetlink, iface: &str, namespace: &str) -> Result<b
         elems: &key[..],
         exclusive: false,
     }];
-    in_both(nl, &add, &add).map_err(io("hold the new pod"))?;
+    in_both(nl, &add, &add, Vec::new()).map_err(io("hold the new pod"))?;
     Ok(true)
 }
 
@@ -216,7 +219,7 @@ pub(crate) fn release(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()> {
         set: "pending",
         elems: &keys[..],
     }];
-    in_both(nl, &destroy, &destroy).map_err(io("release held pods"))
+    in_both(nl, &destroy, &destroy, Vec::new()).map_err(io("release held pods"))
 }
 
 fn pod_changes<'a>(
@@ -247,20 +250,11 @@ fn pod_changes<'a>(
     out
 }
 
-fn source_keys(g: &PodGuard) -> (Vec<Key>, Vec<Key>) {
-    let v4 = g
-        .ips
-        .iter()
-        .filter(|i| i.is_ipv4())
-        .map(|ip| Key(ip_key(&g.iface, *ip)))
-        .collect();
-    let v6 = g
-        .ips
-        .iter()
-        .filter(|i| i.is_ipv6())
-        .map(|ip| Key(ip_key(&g.iface, *ip)))
-        .collect();
-    (v4, v6)
+/// The (interface . address) keys of a pod's IPv4 and IPv6 addresses.
+fn source_keys(iface: &str, ips: &[IpAddr]) -> (Vec<Key>, Vec<Key>) {
+    let (v4, v6): (Vec<&IpAddr>, Vec<&IpAddr>) = ips.iter().partition(|i| i.is_ipv4());
+    let keys = |ips: Vec<&IpAddr>| ips.into_iter().map(|ip| Key(ip_key(iface, *ip))).collect();
+    (keys(v4), keys(v6))
 }
 
 /// Makes `policy-namespaces` hold exactly the tags of `namespaces` (what new pods' holds
@@ -318,7 +312,7 @@ pub(crate) fn add_pod(
         extra = super::masquerade::element_requests(m, ips);
     }
     let ifaces = [Key(ifname_key(&g.iface).to_vec())];
-    let (v4, v6) = source_keys(g);
+    let (v4, v6) = source_keys(&g.iface, &g.ips);
     let changes = pod_changes(&ifaces, &v4, &v6, true);
     let mut inet = pod_changes(&ifaces, &v4, &v6, true);
     let bridge_keys;
@@ -353,11 +347,7 @@ pub(crate) fn add_pod(
             }
         });
     }
-    let mut msgs = elem_requests(NFPROTO_BRIDGE, TABLE, &changes);
-    msgs.extend(elem_requests(NFPROTO_INET, TABLE, &inet));
-    msgs.extend(extra);
-    nl.transaction(msgs)
-        .map_err(io("add the pod's guard and masquerade elements"))
+    in_both(nl, &changes, &inet, extra).map_err(io("add the pod's guard and masquerade elements"))
 }
 
 /// Removes every element of `ifaces` (their interfaces, holds and addresses, whichever
@@ -420,22 +410,14 @@ pub(crate) fn del_pod(
             .transaction(masq)
             .map_err(io("remove the pod's masquerade elements"));
     }
-    let g = PodGuard {
-        iface: iface.to_string(),
-        ips: ips.to_vec(),
-        bridge: None,
-    };
     let ifaces = [Key(ifname_key(iface).to_vec())];
-    let (v4, v6) = source_keys(&g);
+    let (v4, v6) = source_keys(iface, ips);
     let mut changes = pod_changes(&ifaces, &v4, &v6, false);
     changes.push(ElemChange::Destroy {
         set: "pending",
         elems: &ifaces,
     });
-    let mut msgs = elem_requests(NFPROTO_BRIDGE, TABLE, &changes);
-    msgs.extend(elem_requests(NFPROTO_INET, TABLE, &changes));
-    msgs.extend(masq);
-    nl.transaction(msgs)
+    in_both(nl, &changes, &changes, masq)
         .map_err(io("remove the pod's guard and masquerade elements"))
 }
 
