@@ -2,12 +2,12 @@
 # Reef libcni demo: build, then attach a pod to the embedded default network through libcni
 # (the library containerd and CRI-O use), ping its gateway, CHECK, DEL, and clean up.
 # The "host" is a throwaway network namespace, so nothing on this machine's own network
-# changes. Needs root, iproute2, nftables, and Go + libcni (installed if missing).
+# changes. Needs root, iproute2, nftables, golang-go and golang-github-appc-cni-dev.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo build --release -q -p reef-bridge -p reef-ipam
-bash ../shared/tools/cnitool/build.sh target/cnitool
+bash tests/libcni-driver/build.sh target/reef-libcni
 
 tag=$$
 host=reef-qs-host-$tag pod=reef-qs-pod-$tag
@@ -27,7 +27,7 @@ cat >"$work/reef.conflist" <<JSON
   }]
 }
 JSON
-cni() { ip netns exec "$host" env CNI_PATH="$PWD/target/release" CNI_CACHE="$work/cache" target/cnitool "$@"; }
+cni() { ip netns exec "$host" env CNI_PATH="$PWD/target/release" CNI_CACHE="$work/cache" target/reef-libcni "$@"; }
 
 echo "== ADD (through libcni)"
 cni add "$work/reef.conflist" "/run/netns/$pod" quickstart eth0 | tee "$work/result.json"

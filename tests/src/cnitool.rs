@@ -11,11 +11,11 @@ use serde_json::Value;
 
 use crate::exec::{output_with_timeout, scrub_env, DEFAULT_TIMEOUT};
 
-/// Path of the `cnitool` binary (a thin driver over libcni, the library containerd and CRI-O
-/// use; source in `shared/tools/cnitool`), building it on first use.
+/// Path of the libcni driver (`reef-libcni`, a thin Go program over libcni, the library
+/// containerd and CRI-O use; source in `tests/libcni-driver`), building it on first use.
 ///
-/// Built at most once per test process, into `<workspace>/target/cnitool`, under an
-/// exclusive `flock` on `<workspace>/target/cnitool.lock` so parallel test processes do not
+/// Built at most once per test process, into `<workspace>/target/reef-libcni`, under an
+/// exclusive `flock` on `<workspace>/target/reef-libcni.lock` so parallel test processes do not
 /// race; `build.sh` itself skips the build when the binary is newer than its source.
 /// Panics if the build fails.
 pub fn cnitool_bin() -> &'static Path {
@@ -27,9 +27,9 @@ fn build_cnitool() -> PathBuf {
     let workspace = crate::workspace_dir();
     let target = workspace.join("target");
     fs::create_dir_all(&target).unwrap_or_else(|e| panic!("create {}: {e}", target.display()));
-    let out = target.join("cnitool");
-    let script = workspace.join("../shared/tools/cnitool/build.sh");
-    let lock_path = target.join("cnitool.lock");
+    let out = target.join("reef-libcni");
+    let script = workspace.join("tests/libcni-driver/build.sh");
+    let lock_path = target.join("reef-libcni.lock");
     let lock_file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -46,7 +46,7 @@ fn build_cnitool() -> PathBuf {
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
     if !built.status.success() || !out.is_file() {
         panic!(
-            "building cnitool with {} failed ({})\nstdout: {}\nstderr: {}",
+            "building reef-libcni with {} failed ({})\nstdout: {}\nstderr: {}",
             script.display(),
             built.status,
             String::from_utf8_lossy(&built.stdout),
