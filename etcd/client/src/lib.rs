@@ -61,6 +61,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value of [`Error::kind`].
+    pub const KINDS: [&'static str; 5] =
+        ["unavailable", "unreachable", "config", "rejected", "decode"];
+
+    /// A stable, low-cardinality name of the error class: a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Unavailable { .. } => "unavailable",
+            Error::Unreachable { .. } => "unreachable",
+            Error::Config(_) => "config",
+            Error::Rejected { .. } => "rejected",
+            Error::Decode { .. } => "decode",
+        }
+    }
+
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable { .. } | Error::Unreachable { .. })
     }

@@ -4,9 +4,10 @@
 
 pub use crate::error::{AgentError, SessionError};
 use crate::managers::{self, Manager};
+use crate::metrics::Metrics;
 use crate::reconcile::reconcile;
 use crate::view::{ClusterView, Touched};
-use crate::{info, registry, underlay, warn};
+use crate::{registry, serve, underlay};
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_netlink::{sysctl, Netlink};
 use reef_schema::policy::{NAMESPACES, POLICIES};
@@ -14,6 +15,8 @@ use reef_schema::services::SERVICES;
 use reef_schema::{
     AgentStatus, NodeRecord, AGENTS, BLOCKS, BORROWED, CONFIG_KEY, NODES, PREFIX, WORKLOADS,
 };
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -25,6 +28,8 @@ pub struct Options {
     pub iface: String,
     pub lease_ttl: i64,
     pub resync: Duration,
+    /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 pub(crate) fn now() -> u64 {
@@ -46,6 +51,7 @@ pub(crate) struct State {
     pub(crate) retry: bool,
     /// The data plane has reported this node's VTEP (or that it has none) at least once.
     pub(crate) vtep_known: bool,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 pub async fn run(opts: Options) -> Result<(), AgentError> {
@@ -62,13 +68,15 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         vtep_mac: None,
         vtep_ip: None,
     };
-    info!(
-        "starting",
-        node = opts.node,
-        iface = opts.iface,
-        address = address,
-        etcd = opts.etcd.endpoints.join(",")
-    );
+    tracing::info!(node = %opts.node, iface = %opts.iface, address = %address, etcd = %opts.etcd.endpoints.join(","), "starting");
+    let metrics = Metrics::new(&opts.node);
+    if let Some(addr) = opts.metrics_addr {
+        // The data plane matters more than its figures: a taken port is logged, not fatal.
+        match serve::spawn(addr, metrics.clone()).await {
+            Ok(bound) => tracing::info!(addr = %bound, "serving /metrics and /healthz"),
+            Err(e) => tracing::warn!(addr = %addr, error = %e, "metrics endpoint not served"),
+        }
+    }
     let started = now();
     let (status_tx, status_rx) = watch::channel(AgentStatus {
         node: opts.node.clone(),
@@ -92,6 +100,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         status_rx,
         stop_rx,
         alive_tx,
+        metrics.clone(),
     ));
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
@@ -104,18 +113,28 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         ready: false,
         retry: false,
         vtep_known: false,
+        metrics,
     };
     let mut backoff = Duration::from_millis(200);
+    let mut sessions = 0u64;
     loop {
+        if sessions > 0 {
+            st.metrics.watch_restarts.inc();
+        }
+        sessions += 1;
         let started = Instant::now();
         let res = tokio::select! {
             r = session(&mut st) => r,
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
+        st.metrics.etcd_connected.set(0);
         if let Err(e) = res {
+            if let SessionError::Etcd(e) = &e {
+                st.metrics.etcd_error(e);
+            }
             // Keep every route as it is: the data plane outlives the control plane.
-            warn!("etcd session ended, keeping programmed routes", error = e);
+            tracing::warn!(error = %e, "etcd session ended, keeping programmed routes");
         }
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(200);
@@ -127,7 +146,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-    info!("stopping; routes stay in place");
+    tracing::info!("stopping; routes stay in place");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), hb).await;
     Ok(())
@@ -136,27 +155,29 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
 async fn session(st: &mut State) -> Result<(), SessionError> {
     let mut etcd = Etcd::connect_streaming(&st.opts.etcd).await?;
     if registry::register_node(&mut etcd, &st.record, !st.vtep_known).await? {
-        info!("node registered", node = st.record.name);
+        tracing::info!(node = %st.record.name, "node registered");
     }
     let listing = Instant::now();
     let (mut view, rev) = list_view(&mut etcd).await?;
     let programming = Instant::now();
     reconcile(st, &mut etcd, &mut view, true).await?;
-    info!(
-        "synced",
+    tracing::info!(
         services = view.services.len(),
         workloads = view.workloads.len(),
-        list_ms = (programming - listing).as_millis(),
-        program_ms = programming.elapsed().as_millis()
+        list_ms = (programming - listing).as_millis() as u64,
+        program_ms = programming.elapsed().as_millis() as u64,
+        "synced"
     );
     if !st.ready {
         // Ready means: routes reconciled and liveness visible to the cluster.
         let mut alive = st.alive.clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), alive.wait_for(|a| *a)).await;
         st.ready = true;
-        info!("ready", routes = st.backend_routes());
+        tracing::info!(routes = st.backend_routes(), "ready");
     }
+    st.metrics.mark_synced();
     let mut watch = etcd.watch_prefix(PREFIX, rev + 1).await?;
+    st.metrics.etcd_connected.set(1);
     let mut resync = tokio::time::interval(st.opts.resync);
     resync.tick().await;
     let mut retry = tokio::time::interval(Duration::from_secs(2));
@@ -165,7 +186,9 @@ async fn session(st: &mut State) -> Result<(), SessionError> {
         tokio::select! {
             events = watch.next() => {
                 let mut routing = false;
-                for ev in &events? {
+                let events = events?;
+                st.metrics.watch_events.inc_by(events.len() as u64);
+                for ev in &events {
                     match view.apply(&ev.key, ev.value.as_deref()) {
                         Touched::Config | Touched::Routing => routing = true,
                         Touched::Services | Touched::Policy => routing = true,

@@ -71,6 +71,42 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// Every value of [`Problem::kind`], so a metric can show a kind at zero.
+    pub const KINDS: [&'static str; 13] = [
+        "not_registered",
+        "no_underlay",
+        "family_mismatch",
+        "no_vtep",
+        "overlay_ipv4_only",
+        "route",
+        "nat",
+        "services",
+        "policy",
+        "node_port_clash",
+        "bad_block",
+        "bad_borrowed",
+        "foreign_route",
+    ];
+
+    /// The variant's name: a low-cardinality metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::NotRegistered => "not_registered",
+            Problem::NoUnderlay => "no_underlay",
+            Problem::FamilyMismatch(_) => "family_mismatch",
+            Problem::NoVtep => "no_vtep",
+            Problem::OverlayIpv4Only => "overlay_ipv4_only",
+            Problem::Route(_) => "route",
+            Problem::Nat(_) => "nat",
+            Problem::Services(_) => "services",
+            Problem::Policy(_) => "policy",
+            Problem::NodePortClash { .. } => "node_port_clash",
+            Problem::BadBlock { .. } => "bad_block",
+            Problem::BadBorrowed { .. } => "bad_borrowed",
+            Problem::ForeignRoute { .. } => "foreign_route",
+        }
+    }
+
     /// Whether to try again soon. Problems with the cluster state (a node not registered yet,
     /// no VTEP yet, a family mismatch) are fixed by a change that arrives as a watch event;
     /// retrying them would only repeat the work. So are rejected records and routes owned by
@@ -114,6 +150,7 @@ mod tests {
             },
         ] {
             assert!(!p.retry(), "{p}");
+            assert!(Problem::KINDS.contains(&p.kind()), "{p}");
         }
     }
 }

@@ -5,8 +5,8 @@
 use crate::agent::{now, State};
 use crate::error::SessionError;
 use crate::managers::Outcome;
+use crate::registry;
 use crate::view::ClusterView;
-use crate::{info, registry};
 use reef_etcd::Etcd;
 use std::collections::BTreeMap;
 
@@ -16,8 +16,10 @@ pub(crate) async fn reconcile(
     view: &mut ClusterView,
     full: bool,
 ) -> Result<(), SessionError> {
+    let started = std::time::Instant::now();
     let mut outcome = Outcome::default();
     for m in &mut st.managers {
+        let began = std::time::Instant::now();
         let o = m
             .sync(&*view, full)
             .await
@@ -25,11 +27,13 @@ pub(crate) async fn reconcile(
                 manager: m.name(),
                 source,
             })?;
+        st.metrics.observe_manager(m.name(), began.elapsed());
         outcome.merge(o);
     }
     record_vtep(st, etcd, outcome.vtep.clone()).await?;
     st.retry = outcome.problems.values().any(|p| p.retry());
     publish(st, view, outcome);
+    st.metrics.observe_reconcile(full, started.elapsed());
     // Every manager has seen these changes.
     view.changed = Default::default();
     Ok(())
@@ -50,10 +54,7 @@ async fn record_vtep(
     st.record.vtep_ip = vtep_ip;
     if registry::register_node(etcd, &st.record, false).await? {
         let vtep = st.record.vtep_ip.map(|i| i.to_string());
-        info!(
-            "node record updated",
-            vtep = vtep.unwrap_or_else(|| "none".into())
-        );
+        tracing::info!(vtep = %vtep.unwrap_or_else(|| "none".into()), "node record updated");
     }
     Ok(())
 }
@@ -72,10 +73,18 @@ fn publish(st: &State, view: &ClusterView, outcome: Outcome) {
         .map(|(node, p)| (node.clone(), p.to_string()))
         .collect();
     let routes = outcome.routes;
+    let m = &st.metrics;
+    m.routes.set(gauge(routes));
+    m.fdb_entries.set(gauge(outcome.fdb_entries));
+    m.neighbours.set(gauge(outcome.neighbours));
+    m.service_ports.set(gauge(outcome.services));
+    m.service_endpoints.set(gauge(outcome.endpoints));
+    m.policies.set(gauge(outcome.policies));
+    m.set_problems(outcome.problems.values().map(|p| p.kind()));
     // Each problem is logged when it appears or changes, not on every retry or resync.
     for (about, why) in &problems {
         if st.status.borrow().problems.get(about) != Some(why) {
-            crate::warn!("problem", about = about, problem = why);
+            tracing::warn!(about = %about, problem = %why, "problem");
         }
     }
     let (services, endpoints, policies) = (outcome.services, outcome.endpoints, outcome.policies);
@@ -96,4 +105,8 @@ fn publish(st: &State, view: &ClusterView, outcome: Outcome) {
         s.updated = now();
         true
     });
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -2,8 +2,10 @@
 //! liveness (`/reef/agents/<node>`, attached to a lease the agent keeps alive; it disappears
 //! on its own when the agent dies, and at once when it stops cleanly).
 
+use crate::metrics::Metrics;
 use reef_etcd::{Etcd, EtcdConfig};
 use reef_schema::{agent_key, node_key, AgentStatus, NodeRecord};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -48,13 +50,17 @@ pub async fn heartbeat(
     mut status: watch::Receiver<AgentStatus>,
     mut stop: watch::Receiver<bool>,
     alive: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
-        match session(&cfg, &node, ttl, &mut status, &mut stop, &alive).await {
+        let ended = session(&cfg, &node, ttl, &mut status, &mut stop, &alive, &metrics).await;
+        metrics.lease_alive.set(0);
+        match ended {
             Ok(()) => return,
             Err(e) => {
+                metrics.etcd_error(&e);
                 let _ = alive.send(false);
-                crate::warn!("heartbeat interrupted", error = e);
+                tracing::warn!(error = %e, "heartbeat interrupted");
             }
         }
         tokio::select! {
@@ -71,6 +77,7 @@ async fn session(
     status: &mut watch::Receiver<AgentStatus>,
     stop: &mut watch::Receiver<bool>,
     alive: &watch::Sender<bool>,
+    metrics: &Metrics,
 ) -> reef_etcd::Result<()> {
     let mut etcd = Etcd::connect_streaming(cfg).await?;
     let lease = etcd.lease_grant(ttl).await?;
@@ -80,7 +87,8 @@ async fn session(
     etcd.put_with_lease(&key, body(&first), lease).await?;
     let mut keep = etcd.keep_alive(lease).await?;
     let _ = alive.send(true);
-    crate::info!("lease granted", lease = lease, ttl = ttl);
+    metrics.lease_alive.set(1);
+    tracing::info!(lease, ttl, "lease granted");
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
     // One timer for the whole session: status writes must not postpone the renewal (a
     // status that changed more often than every ttl/3 once let the lease expire).
@@ -106,7 +114,7 @@ async fn session(
             }
             _ = stop.changed() => {
                 if let Err(e) = etcd.lease_revoke(lease).await {
-                    crate::warn!("lease revoke failed", error = e);
+                    tracing::warn!(error = %e, "lease revoke failed");
                 }
                 let _ = alive.send(false);
                 return Ok(());

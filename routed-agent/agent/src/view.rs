@@ -126,7 +126,7 @@ impl ClusterView {
             let new = value.and_then(|v| match Workload::decode(v, &mut self.names) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    crate::warn!("ignoring undecodable record", key = key, error = e);
+                    tracing::warn!(key = %key, error = %e, "ignoring undecodable record");
                     None
                 }
             });
@@ -197,7 +197,7 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> 
     match serde_json::from_slice(value) {
         Ok(v) => Some(v),
         Err(e) => {
-            crate::warn!("ignoring undecodable record", key = key, error = e);
+            tracing::warn!(key = %key, error = %e, "ignoring undecodable record");
             None
         }
     }

@@ -39,6 +39,9 @@ pub struct Outcome {
     pub problems: BTreeMap<String, Problem>,
     /// Routes programmed now (the routes manager).
     pub routes: usize,
+    /// VXLAN FDB and neighbour entries programmed now (the routes manager, VXLAN modes).
+    pub fdb_entries: usize,
+    pub neighbours: usize,
     /// This node's VTEP (MAC, address) when an overlay runs: published in its record.
     pub vtep: Option<(String, IpAddr)>,
     /// Service ports and endpoints programmed now (the services manager).
@@ -53,6 +56,8 @@ impl Outcome {
     pub fn merge(&mut self, other: Outcome) {
         self.problems.extend(other.problems);
         self.routes += other.routes;
+        self.fdb_entries += other.fdb_entries;
+        self.neighbours += other.neighbours;
         self.services += other.services;
         self.endpoints += other.endpoints;
         self.policies += other.policies;

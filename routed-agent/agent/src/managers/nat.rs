@@ -5,7 +5,6 @@ use super::{Manager, Outcome, SyncFuture};
 use crate::desired;
 use crate::problem::Problem;
 use crate::view::ClusterView;
-use crate::{info, warn};
 use reef_firewall::NatPool;
 
 /// The kernel side of natOutgoing, narrow so the manager's logic is testable without a kernel.
@@ -49,11 +48,11 @@ impl<P: NatProgrammer> NatManager<P> {
         }
         match self.programmer.program(&pools) {
             Ok(()) => {
-                info!("natOutgoing programmed", pools = pools.len());
+                tracing::info!(pools = pools.len(), "natOutgoing programmed");
                 self.applied = Some(pools);
             }
             Err(e) => {
-                warn!("natOutgoing failed", error = e);
+                tracing::warn!(error = %e, "natOutgoing failed");
                 outcome
                     .problems
                     .insert(self.me.clone(), Problem::Nat(e.to_string()));

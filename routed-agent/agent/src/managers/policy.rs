@@ -9,7 +9,6 @@ use super::{Firewall, Manager, Outcome, SyncFuture};
 use crate::desired::policy as desired;
 use crate::problem::Problem;
 use crate::view::ClusterView;
-use crate::warn;
 use reef_firewall::PolicyRuleset;
 use reef_schema::PolicyCounters;
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,7 +61,7 @@ impl<P: PolicyProgrammer> PolicyManager<P> {
         let full = full || !self.synced;
         let mut outcome = Outcome::default();
         if let Err(e) = self.programmer.sync(&want.ruleset, full) {
-            warn!("network policy not programmed", error = e);
+            tracing::warn!(error = %e, "network policy not programmed");
             self.synced = false;
             outcome
                 .problems
@@ -81,7 +80,7 @@ impl<P: PolicyProgrammer> PolicyManager<P> {
         match self.programmer.release(&release) {
             Ok(()) => self.released = want.local_ifaces.clone(),
             Err(e) => {
-                warn!("held pods not released", error = e);
+                tracing::warn!(error = %e, "held pods not released");
                 outcome
                     .problems
                     .insert(self.me.clone(), Problem::Policy(e.to_string()));
@@ -101,7 +100,7 @@ impl<P: PolicyProgrammer> PolicyManager<P> {
         let raw = match self.programmer.counters() {
             Ok(r) => r,
             Err(e) => {
-                warn!("policy counters not read", error = e);
+                tracing::warn!(error = %e, "policy counters not read");
                 return BTreeMap::new();
             }
         };

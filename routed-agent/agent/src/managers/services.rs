@@ -13,7 +13,6 @@ use super::{Firewall, Manager, ManagerError, Outcome, SyncFuture};
 use crate::desired::services as desired;
 use crate::problem::Problem;
 use crate::view::ClusterView;
-use crate::{info, warn};
 use ipnetwork::IpNetwork;
 use reef_firewall::{PortMapping, ServiceKey, ServiceLb, ServicesApplied};
 use reef_netlink::{Netlink, RouteKind, RouteSpec};
@@ -131,7 +130,7 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
         match res {
             Ok(_) => {}
             Err(e) => {
-                warn!("services failed", error = e);
+                tracing::warn!(error = %e, "services failed");
                 o.problems.insert(
                     format!("{}/services", self.me),
                     Problem::Services(e.to_string()),
@@ -162,10 +161,10 @@ impl<P: ServicesProgrammer> ServicesManager<P> {
             }
             if let Ok(a) = &res {
                 if a.changes > 0 {
-                    info!(
-                        "services programmed",
+                    tracing::info!(
                         services = a.services,
-                        changes = a.changes
+                        changes = a.changes,
+                        "services programmed"
                     );
                 }
             }

@@ -118,8 +118,8 @@ impl RouteProgrammer {
                 continue; // apply made it the programmed one
             }
             match self.nl.delete_route(&r).await {
-                Ok(_) => crate::info!("route removed", dst = r.dst, target = format!("{t:?}")),
-                Err(e) => crate::warn!("route removal failed", dst = r.dst, error = e),
+                Ok(_) => tracing::info!(dst = %r.dst, target = %format!("{t:?}"), "route removed"),
+                Err(e) => tracing::warn!(dst = %r.dst, error = %e, "route removal failed"),
             }
         }
         Ok(outcome)
@@ -164,7 +164,7 @@ impl RouteProgrammer {
         let res = self.install_at(dst, target, ours).await;
         if let Some(o) = old.filter(|_| !ours) {
             if let Err(e) = self.nl.delete_route(&spec(dst, o)).await {
-                crate::warn!("route removal failed", dst = dst, error = e);
+                tracing::warn!(dst = %dst, error = %e, "route removal failed");
             }
         }
         res
@@ -217,9 +217,9 @@ impl RouteProgrammer {
             match self.nl.delete_route(&spec(dst, t)).await {
                 Ok(_) => {
                     self.programmed.remove(&dst);
-                    crate::info!("route removed", dst = dst, target = format!("{t:?}"));
+                    tracing::info!(dst = %dst, target = %format!("{t:?}"), "route removed");
                 }
-                Err(e) => crate::warn!("route removal failed", dst = dst, error = e),
+                Err(e) => tracing::warn!(dst = %dst, error = %e, "route removal failed"),
             }
         }
         for (dst, target) in changes.set {
@@ -244,15 +244,10 @@ impl RouteProgrammer {
             match self.install(dst, target, old).await {
                 Ok(()) => {
                     self.programmed.insert(dst, target);
-                    crate::info!(
-                        "route programmed",
-                        dst = dst,
-                        target = format!("{target:?}"),
-                        node = node
-                    );
+                    tracing::info!(dst = %dst, target = %format!("{target:?}"), node = %node, "route programmed");
                 }
                 Err(why) => {
-                    crate::warn!("route failed", dst = dst, node = node, error = why);
+                    tracing::warn!(dst = %dst, node = %node, error = %why, "route failed");
                     if let Problem::ForeignRoute { protocol, .. } = why {
                         self.foreign.insert(dst, (target, protocol));
                     }

@@ -63,11 +63,7 @@ impl RoutesManager {
     async fn run(&mut self, view: &ClusterView, mut full: bool) -> Result<Outcome, ManagerError> {
         if let Some(m) = view.config.as_ref().map(|c| c.mode) {
             if m != self.backend.mode() {
-                crate::info!(
-                    "data-plane mode",
-                    from = self.backend.mode().as_str(),
-                    to = m.as_str()
-                );
+                tracing::info!(from = %self.backend.mode().as_str(), to = %m.as_str(), "data-plane mode");
                 self.backend =
                     Backend::for_mode(m, &self.me, self.nl.clone(), self.underlay.clone());
                 // The new backend knows nothing yet: learn the kernel's state first.

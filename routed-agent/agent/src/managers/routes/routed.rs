@@ -25,10 +25,7 @@ impl Routed {
         if full {
             // Left over from a VXLAN mode before a forced mode switch.
             if reef_vxlan::delete_device(&self.nl).await? {
-                crate::info!(
-                    "removed VXLAN device after mode switch",
-                    dev = reef_vxlan::DEVICE
-                );
+                tracing::info!(dev = %reef_vxlan::DEVICE, "removed VXLAN device after mode switch");
             }
         }
         let d = desired::compute(view, &self.me, &desired::routed_next_hop(view));

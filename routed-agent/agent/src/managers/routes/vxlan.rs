@@ -67,13 +67,7 @@ impl Vxlan {
         };
         let dev = reef_vxlan::ensure_device(&self.nl, &spec).await?;
         if self.device.as_ref().map(|d| d.index) != Some(dev.index) {
-            crate::info!(
-                "VXLAN device ready",
-                dev = reef_vxlan::DEVICE,
-                vni = vni,
-                mtu = dev.mtu.unwrap_or_default(),
-                mac = dev.mac
-            );
+            tracing::info!(dev = %reef_vxlan::DEVICE, vni, mtu = %dev.mtu.unwrap_or_default(), mac = %dev.mac, "VXLAN device ready");
             // A new device starts empty.
             self.fdb.clear();
             self.neigh.clear();
@@ -139,14 +133,14 @@ impl Vxlan {
                 let _ = reef_vxlan::delete_fdb(&self.nl, dev.index, &bytes, old).await;
             }
             reef_vxlan::set_fdb(&self.nl, dev.index, &bytes, dst).await?;
-            crate::info!("fdb programmed", mac = mac, dst = dst);
+            tracing::info!(mac = %mac, dst = %dst, "fdb programmed");
             self.fdb.insert(mac, dst);
         }
         for (ip, mac) in neigh.set {
             self.nl
                 .set_permanent_neighbour(dev.index, ip, &parse_mac(&mac)?)
                 .await?;
-            crate::info!("neighbour programmed", ip = ip, mac = mac);
+            tracing::info!(ip = %ip, mac = %mac, "neighbour programmed");
             self.neigh.insert(ip, mac);
         }
         let mut outcome = if full {
@@ -158,13 +152,15 @@ impl Vxlan {
         for (mac, dst) in fdb.stale {
             reef_vxlan::delete_fdb(&self.nl, dev.index, &parse_mac(&mac)?, dst).await?;
             self.fdb.remove(&mac);
-            crate::info!("fdb removed", mac = mac, dst = dst);
+            tracing::info!(mac = %mac, dst = %dst, "fdb removed");
         }
         for (ip, _) in neigh.stale {
             self.nl.delete_neighbour(dev.index, ip).await?;
             self.neigh.remove(&ip);
-            crate::info!("neighbour removed", ip = ip);
+            tracing::info!(ip = %ip, "neighbour removed");
         }
+        outcome.fdb_entries = self.fdb.len();
+        outcome.neighbours = self.neigh.len();
         outcome.vtep = self.vtep_ip.map(|ip| (dev.mac.clone(), IpAddr::V4(ip)));
         Ok(outcome)
     }
