@@ -11,7 +11,8 @@
 #   DESTDIR           staging root prepended to every path (default: none, the real root)
 #   PREFIX            where reef-run, reef-agent, reefctl and docs go (default /usr/local)
 #   REEF_BIN_DIR      the built binaries (default ${CARGO_TARGET_DIR:-target}/release)
-#   SYSTEMD_UNIT_DIR  where reef-agent.service goes (default: see unit_dir below)
+#   SYSTEMD_UNIT_DIR  where reef-agent.service goes (default PREFIX/lib/systemd/system for
+#                     PREFIX /usr/local or /usr, else /etc/systemd/system)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -174,6 +175,10 @@ install_all() {
   trap install_exit EXIT
   "$BIN_DIR/reef-docgen" "$docs" >/dev/null
 
+  # The staging root itself is the caller's, not the install's: never recorded.
+  if [[ -n $DESTDIR ]]; then
+    mkdir -p "$DESTDIR"
+  fi
   load_manifest
   started=1
   for name in "${PLUGINS[@]}"; do
