@@ -7,7 +7,6 @@
 //! namespace), `cni` (conflist, chain, libcni cache, default network), `state` (the state
 //! directory), `ps` and `rm` (the other verbs), `paths` and `sys` (helpers).
 
-mod cli;
 mod cni;
 mod error;
 mod log;
@@ -22,6 +21,8 @@ mod state;
 mod sys;
 
 use clap::Parser;
+// The arguments live in the library (`reef_run::cli`); `crate::cli` paths resolve through this.
+use reef_run::cli;
 
 use crate::cli::{Cli, Sub};
 use crate::error::EXIT_RUNTIME;

@@ -5,6 +5,7 @@
 pub mod log;
 
 pub mod agent;
+pub mod cli;
 pub mod desired;
 pub mod error;
 pub mod managers;

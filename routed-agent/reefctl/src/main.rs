@@ -9,256 +9,15 @@ mod services;
 mod show;
 mod trace;
 
-use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use ipnetwork::IpNetwork;
-use reef_etcd::cli::EtcdArgs;
+use clap::Parser;
 use reef_etcd::{Etcd, EtcdConfig};
-use reef_schema::{ClusterConfig, Mode, Pool, PortRange};
+use reef_schema::{ClusterConfig, Mode, Pool};
+use reefctl::cli::{
+    BlockCmd, Cli, Cmd, IpamCmd, NamespaceCmd, NodeCmd, Output, PolicyCmd, ServiceCmd,
+};
 use serde_json::{json, Value};
 use show::{gc_report, ipam_show, node_table, num};
 use std::process::ExitCode;
-
-#[derive(Parser)]
-#[command(
-    name = "reefctl",
-    about = "Operate a Reef cluster (state in etcd)",
-    version
-)]
-struct Cli {
-    #[command(flatten)]
-    etcd: EtcdArgs,
-    /// Output format: text tables, or one JSON document on stdout (for scripts).
-    #[arg(long, value_enum, default_value = "text", global = true)]
-    output: Output,
-    /// On failure, also print the full underlying error (e.g. etcd's gRPC status and
-    /// transport error chain) after the one-line message.
-    #[arg(long, short = 'v', global = true)]
-    verbose: bool,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Write the cluster configuration: pools, block size, mode. At least one of --pool and
-    /// --pool6 is required.
-    #[command(group(
-        ArgGroup::new("pools").args(["pool", "pool6"]).required(true).multiple(true)
-    ))]
-    Init {
-        /// IPv4 pool, e.g. 10.244.0.0/16 (this and/or --pool6 is required).
-        #[arg(long, value_name = "CIDR")]
-        pool: Option<IpNetwork>,
-        /// IPv6 pool, e.g. fd00:244::/48 (this and/or --pool is required).
-        #[arg(long, value_name = "CIDR")]
-        pool6: Option<IpNetwork>,
-        /// IPv4 block prefix length (26 = 64 addresses per block).
-        #[arg(long, default_value_t = 26, value_name = "N")]
-        block_size: u8,
-        /// IPv6 block prefix length (122 = 64 addresses per block).
-        #[arg(long, default_value_t = 122, value_name = "N")]
-        block_size6: u8,
-        /// Data plane: routed (plain L3 routes, hosts on one L2 segment), vxlan (overlay
-        /// between all hosts), vxlan-crosssubnet (routes within a subnet, VXLAN across).
-        #[arg(long, value_parser = ["routed", "vxlan", "vxlan-crosssubnet"])]
-        mode: String,
-        /// VXLAN network identifier of the overlay (vxlan modes; ignored by routed).
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        vni: u32,
-        /// Do not masquerade pod traffic leaving the pools.
-        #[arg(long)]
-        no_nat_outgoing: bool,
-        /// Where service virtual IPs are allocated from.
-        #[arg(long, default_value = "10.96.0.0/16", value_name = "CIDR")]
-        service_cidr: IpNetwork,
-        /// Ports NodePort services are allocated from (inclusive).
-        #[arg(long, default_value = "30000-32767", value_name = "A-B", value_parser = parse_port_range)]
-        node_port_range: PortRange,
-        /// Re-initialise even if it drops pools in use or switches mode.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Create or update the objects of Kubernetes manifests (YAML or JSON; several documents
-    /// separated by `---`, or a `kind: List`): v1 Service, networking.k8s.io/v1
-    /// NetworkPolicy, v1 Namespace (its labels, which a Namespace apply replaces). Every
-    /// document is checked before anything is written.
-    Apply {
-        /// The manifest file, or `-` for stdin.
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: String,
-    },
-    /// Delete the objects a manifest names (kind, namespace, name). Deleting a Namespace
-    /// deletes only its record: the namespace keeps its policies (Kubernetes would delete
-    /// them with it) and goes back to the one label every namespace has,
-    /// kubernetes.io/metadata.name=<name>.
-    Delete {
-        /// The manifest file, or `-` for stdin.
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: String,
-    },
-    /// Services: virtual IPs and node ports for the pods a selector picks.
-    #[command(alias = "svc")]
-    Service {
-        #[command(subcommand)]
-        command: ServiceCmd,
-    },
-    /// Network policies (Kubernetes NetworkPolicy semantics).
-    #[command(alias = "netpol")]
-    Policy {
-        #[command(subcommand)]
-        command: PolicyCmd,
-    },
-    /// Namespaces: the labels policies' namespaceSelectors read.
-    #[command(alias = "ns")]
-    Namespace {
-        #[command(subcommand)]
-        command: NamespaceCmd,
-    },
-    /// Trace a flow through the cluster as it is now: source host, service translation
-    /// (the endpoints it may choose), route or tunnel, destination host, and the verdict at
-    /// each policy point (egress at a source pod, ingress at a destination pod). Exit
-    /// status: 0 allowed, 1 dropped, 2 usage error (bad arguments, unknown pod).
-    #[command(
-        after_help = "SRC and DST are pods (NAMESPACE/NAME, or NAME in default) or \
-        addresses (matched to the pod or node that holds them). PORT/PROTO is e.g. 80/tcp, \
-        53/udp, 5000/sctp; without it the flow is ICMP. A flow to a service is judged on each \
-        endpoint it may be translated to, and is allowed only if every endpoint allows it."
-    )]
-    Trace {
-        #[arg(value_name = "SRC", value_parser = trace::parse_end)]
-        src: trace::EndArg,
-        #[arg(value_name = "DST", value_parser = trace::parse_end)]
-        dst: trace::EndArg,
-        #[arg(value_name = "PORT/PROTO", value_parser = trace::parse_flow)]
-        flow: Option<(reef_schema::policy::L4Protocol, u16)>,
-    },
-    /// Address management.
-    Ipam {
-        #[command(subcommand)]
-        command: IpamCmd,
-    },
-    /// Nodes.
-    Node {
-        #[command(subcommand)]
-        command: NodeCmd,
-    },
-    /// Blocks.
-    Block {
-        #[command(subcommand)]
-        command: BlockCmd,
-    },
-    /// Cluster overview.
-    Status,
-}
-
-#[derive(Subcommand)]
-enum IpamCmd {
-    /// Pools, blocks per node, utilisation, borrowed addresses.
-    Show,
-    /// Release leaked addresses: handles of removed nodes, allocations without a handle,
-    /// empty blocks of removed nodes.
-    Gc {
-        /// Limit to one node's leaks (still cluster-consistent).
-        #[arg(long)]
-        node: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum NodeCmd {
-    /// List nodes: underlay address, alive (agent lease), routes, addresses, blocks, and
-    /// any routing problem agents report.
-    Ls,
-    /// Remove a node: release its addresses, delete its blocks and its record.
-    Rm { name: String },
-}
-
-#[derive(Subcommand)]
-enum ServiceCmd {
-    /// List services: type, VIP, ports (port:nodePort/protocol), endpoints.
-    Ls {
-        /// Namespace.
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-        /// Every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-    },
-    /// One service: VIP, ports, node ports, and its endpoints (pod, address, node, whether
-    /// that node's agent is alive).
-    Show {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
-    /// Delete a service (and free its VIP and node ports).
-    Rm {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum PolicyCmd {
-    /// List policies: namespace, name, pod selector, policy types.
-    Ls {
-        /// Namespace.
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-        /// Every namespace.
-        #[arg(short = 'A', long, conflicts_with = "namespace")]
-        all_namespaces: bool,
-    },
-    /// One policy: the pods it selects now (node, addresses), each rule's peers as resolved
-    /// now, its ports, and the packets it allowed and dropped (summed over the agents).
-    Show {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
-    /// Delete a policy.
-    Rm {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum NamespaceCmd {
-    /// List namespaces: applied ones and those that exist implicitly (pods, services or
-    /// policies in them), with their labels.
-    Ls,
-    /// Set (KEY=VALUE) or remove (KEY-) labels of a namespace, creating its record if it has
-    /// none. kubernetes.io/metadata.name is always the namespace's name.
-    Label {
-        namespace: String,
-        #[arg(
-            value_name = "KEY=VALUE|KEY-",
-            required = true,
-            allow_hyphen_values = true
-        )]
-        labels: Vec<String>,
-    },
-}
-
-fn parse_port_range(s: &str) -> Result<PortRange, String> {
-    PortRange::parse(s)
-        .ok_or_else(|| format!("{s:?} is not a port range A-B (1 <= A <= B <= 65535)"))
-}
-
-#[derive(Subcommand)]
-enum BlockCmd {
-    /// List blocks: owner node, addresses used, capacity.
-    Ls,
-}
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("reefctl: {msg}");
@@ -267,6 +26,18 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The one verb that needs no cluster.
+    if let Cmd::Completion { shell } = cli.command {
+        use std::io::Write;
+        let script = reefctl::cli::completion(shell);
+        let mut out = std::io::stdout().lock();
+        return match out.write_all(&script).and_then(|()| out.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // `reefctl completion bash | head`: a reader that left is no error worth a line.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+            Err(e) => fail(format!("cannot write the completion script: {e}")),
+        };
+    }
     if cli.etcd.etcd.is_empty() {
         return fail("no etcd endpoint: use --etcd URL or set REEF_ETCD");
     }
@@ -597,6 +368,8 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             }
             Ok((text, Value::Array(rows)))
         }
+        // main prints it before anything connects.
+        Cmd::Completion { .. } => Err(CtlError::Usage("completion needs no etcd".into())),
         Cmd::Status => {
             let snap = match admin::snapshot(&mut etcd).await {
                 Ok(s) => s,

@@ -25,60 +25,10 @@ use crate::policies::{ClusterState, PodRef};
 use reef_policy::{Pod, Remote, Verdict};
 use reef_schema::policy::{L4Protocol, PolicyType};
 use reef_schema::{Mode, Protocol, Service, ServiceType, TrafficPolicy};
+use reefctl::cli::EndArg;
 use serde::Serialize;
 use serde_json::Value;
 use std::net::IpAddr;
-
-/// One end as given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndArg {
-    /// `namespace/name` (or `name`, in `default`).
-    Pod {
-        namespace: String,
-        name: String,
-    },
-    Addr(IpAddr),
-}
-
-impl std::fmt::Display for EndArg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            EndArg::Pod { namespace, name } => write!(f, "{namespace}/{name}"),
-            EndArg::Addr(ip) => write!(f, "{ip}"),
-        }
-    }
-}
-
-/// SRC / DST: an IP address, or a pod as `namespace/name` (`name` alone: namespace default).
-pub fn parse_end(s: &str) -> Result<EndArg, String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(EndArg::Addr(ip));
-    }
-    let (namespace, name) = match s.split_once('/') {
-        Some((ns, name)) => (ns, name),
-        None => ("default", s),
-    };
-    if namespace.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(format!(
-            "{s:?} is neither an IP address nor a pod as NAMESPACE/NAME"
-        ));
-    }
-    Ok(EndArg::Pod {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-    })
-}
-
-/// A flow: `PORT/PROTO` (`80/tcp`, `53/udp`, `5000/sctp`; a bare `PORT` is TCP).
-pub fn parse_flow(s: &str) -> Result<(L4Protocol, u16), String> {
-    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    let proto = L4Protocol::parse(&proto.to_ascii_uppercase())
-        .ok_or_else(|| format!("{proto:?} is not a protocol (tcp, udp or sctp)"))?;
-    match port.parse::<u16>() {
-        Ok(p) if p >= 1 => Ok((proto, p)),
-        _ => Err(format!("{port:?} is not a port number (1-65535)")),
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TraceError {

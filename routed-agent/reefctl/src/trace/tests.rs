@@ -1,4 +1,5 @@
 use super::*;
+use reefctl::cli::{parse_end, parse_flow};
 use serde_json::json;
 
 const POLICY_NS: &str = "x";

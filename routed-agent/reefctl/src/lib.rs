@@ -1,0 +1,4 @@
+//! reefctl's command line as a library, so reef-docgen renders its man pages and completions
+//! from the one definition the binary parses with. Everything else is the binary's.
+
+pub mod cli;
