@@ -16,7 +16,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PACKAGING=$ROOT/packaging
+PACKAGING=$ROOT/scripts/packaging
 DESTDIR=${DESTDIR:-}
 DESTDIR=${DESTDIR%/}
 PREFIX=${PREFIX:-/usr/local}

@@ -1,8 +1,8 @@
 //! reef-agent's command line. It lives in the library so reef-docgen renders the man page and
 //! completions from this one definition.
 
-use clap::{CommandFactory, Parser};
 use crate::log::LogFormat;
+use clap::{CommandFactory, Parser};
 use reef_etcd::cli::EtcdArgs;
 
 #[derive(Parser)]
@@ -66,7 +66,9 @@ fn metrics_addr(s: &str) -> Result<MetricsAddr, BadMetricsAddr> {
     if s == "off" {
         return Ok(MetricsAddr(None));
     }
-    s.parse().map(|a| MetricsAddr(Some(a))).map_err(BadMetricsAddr)
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(BadMetricsAddr)
 }
 
 /// The clap command, for man pages and completions.

@@ -163,10 +163,10 @@ impl Metrics {
         // Every label value known up front is shown from the start, at zero, so a rate()
         // over the first change is right.
         for kind in ["full", "incremental"] {
-            m.reconcile_seconds.get_or_create(&KindLabel { kind });
+            drop(m.reconcile_seconds.get_or_create(&KindLabel { kind }));
         }
         for kind in reef_etcd::Error::KINDS {
-            m.etcd_request_errors.get_or_create(&KindLabel { kind });
+            drop(m.etcd_request_errors.get_or_create(&KindLabel { kind }));
         }
         Arc::new(Metrics { registry, ..m })
     }

@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn every_config_field_is_documented() {
-        let bridge_src = include_str!("../../plugins/bridge/src/config.rs");
+        let bridge_src = include_str!("../../../plugins/bridge/src/config.rs");
         let bridge_fields = fields(bridge_src, "BridgeConf");
         // The parse is not vacuous: a field from the middle of the struct is found.
         assert!(
@@ -368,9 +368,9 @@ mod tests {
             "{bridge_fields:?}"
         );
         assert_documents(&bridge(), &bridge_fields);
-        let routed_src = include_str!("../../plugins/routed/src/config.rs");
+        let routed_src = include_str!("../../../plugins/routed/src/config.rs");
         assert_documents(&routed(), &fields(routed_src, "RoutedConf"));
-        let cluster_src = include_str!("../../ipam/src/cluster/config.rs");
+        let cluster_src = include_str!("../../../ipam/src/cluster/config.rs");
         assert_documents(&ipam(), &fields(cluster_src, "ClusterIpamConfig"));
     }
 
