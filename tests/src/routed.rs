@@ -219,6 +219,27 @@ impl RoutedCluster {
         name: Option<&str>,
         labels: Option<&Value>,
     ) -> (usize, Instant) {
+        match self.try_add_pod_with(i, name, labels) {
+            Ok(added) => added,
+            Err(out) => {
+                assert_success(&out, &format!("cnitool add on {}", self.node(i)));
+                unreachable!("a failed ADD panics above")
+            }
+        }
+    }
+
+    /// Creates a pod on host `i` like [`RoutedCluster::add_pod`]; a failed ADD (etcd down, in
+    /// a chaos run) comes back as the driver's output, and nothing is added.
+    pub fn try_add_pod(&mut self, i: usize) -> Result<usize, Output> {
+        self.try_add_pod_with(i, None, None).map(|(p, _)| p)
+    }
+
+    fn try_add_pod_with(
+        &mut self,
+        i: usize,
+        name: Option<&str>,
+        labels: Option<&Value>,
+    ) -> Result<(usize, Instant), Output> {
         let ns = Netns::new("rpod").expect("create pod netns");
         let cid = format!("{}-p{}", self.node(i), self.next_pod);
         self.next_pod += 1;
@@ -235,7 +256,10 @@ impl RoutedCluster {
         }
         let out = tool.add(&self.conflist(i), ns.path(), &cid, IFNAME);
         let done = Instant::now();
-        let stdout = assert_success(&out, &format!("cnitool add {cid} on {}", self.node(i)));
+        if !out.status.success() {
+            return Err(out);
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
         let result: Value = serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("ADD {cid}: result is not JSON ({e}): {stdout}"));
         let ip = result["ips"]
@@ -253,7 +277,7 @@ impl RoutedCluster {
             ip,
             result,
         });
-        (self.pods.len() - 1, done)
+        Ok((self.pods.len() - 1, done))
     }
 
     pub fn add_pod(&mut self, i: usize) -> usize {
@@ -262,13 +286,25 @@ impl RoutedCluster {
 
     /// Deletes pod `p` through libcni (its workload record goes with its addresses).
     pub fn del_pod(&self, p: usize) {
+        if let Err(out) = self.try_del_pod(p) {
+            assert_success(&out, &format!("cnitool del {}", self.pods[p].cid));
+        }
+    }
+
+    /// DEL of pod `p` through libcni; the driver's output if it failed. The pod stays in
+    /// [`RoutedCluster::pods`] either way.
+    pub fn try_del_pod(&self, p: usize) -> Result<(), Output> {
         let pod = &self.pods[p];
         let cache = self.dirs[pod.host].path().join("cni-cache");
         let out = Cnitool::new(self.host(pod.host).ns(), cache)
             .cni_path(cni_path())
             .timeout(CALL_TIMEOUT)
             .del(&self.conflist(pod.host), pod.ns.path(), &pod.cid, IFNAME);
-        assert_success(&out, &format!("cnitool del {}", pod.cid));
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(out)
+        }
     }
 
     /// `reefctl --etcd EP ARGS` inside host `i`.
