@@ -8,9 +8,6 @@
 //! directory), `ps` and `rm` (the other verbs), `paths` and `sys` (helpers).
 
 mod cli;
-mod cni;
-mod error;
-mod log;
 mod netns;
 mod paths;
 mod ps;
@@ -22,6 +19,8 @@ mod state;
 mod sys;
 
 use clap::Parser;
+// The CNI side lives in the library (shared with the fuzz targets).
+use reef_run::{cni, error, log};
 
 use crate::cli::{Cli, Sub};
 use crate::error::EXIT_RUNTIME;
