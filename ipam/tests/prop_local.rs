@@ -89,10 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Handles 0-5: three containers with two interfaces each.
 fn handle(i: usize) -> Handle {
-    Handle::new(
-        format!("c{}", i / 2),
-        if i % 2 == 0 { "eth0" } else { "net1" },
-    )
+    Handle::new(format!("c{}", i / 2), ["eth0", "net1"][i % 2])
 }
 
 type Model = BTreeMap<IpAddr, Handle>;

@@ -833,7 +833,7 @@ mod tests {
                     render(&lb)
                         .into_iter()
                         .zip(values)
-                        .map(|((slot, v), other)| (slot, if slot.len % 2 == 0 { v } else { other }))
+                        .map(|((slot, v), other)| (slot, if slot.len % 2 == 1 { other } else { v }))
                         .collect::<Vec<_>>()
                 });
             let junk = (
