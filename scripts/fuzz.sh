@@ -51,10 +51,12 @@ for t in $targets; do
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         >"$logs/$t.log" 2>&1 || true
-    # Fork mode's status lines: "#EXECS: cov: .. exec/s: N oom/timeout/crash: a/b/c ..".
+    # Fork mode's status lines: "#EXECS: cov: .. oom/timeout/crash: a/b/c time: Ns ..".
     last=$(grep -E '^#[0-9]+: ' "$logs/$t.log" | tail -n 1 || true)
     n=$(sed -nE 's/^#([0-9]+): .*/\1/p' <<<"$last")
-    r=$(sed -nE 's/.* exec\/s: ([0-9]+).*/\1/p' <<<"$last")
+    # Fork mode's exec/s is the last job's: the average is executions over the time run.
+    elapsed=$(sed -nE 's/.* time: ([0-9]+)s.*/\1/p' <<<"$last")
+    r=$((${n:-0} / (${elapsed:-0} > 0 ? ${elapsed:-1} : 1)))
     after=$(find "$artifacts" -type f | wc -l)
     execs[$t]=${n:-0}
     rate[$t]=${r:-0}

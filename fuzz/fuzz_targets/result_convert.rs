@@ -13,5 +13,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(r) = CniResult::from_json(&v) else {
         return;
     };
+    reef_fuzz::read_faithfully(&v, &r);
     reef_fuzz::result_reparses(&r, Version::LATEST);
 });

@@ -90,3 +90,23 @@ pub fn downgraded(r: &reef_cni::CniResult, v: Version) -> reef_cni::CniResult {
     }
     d
 }
+
+/// What `r` read from `v` is what `v` says: a route attribute is never read as another
+/// number than the one written (a silent truncation would program another route).
+pub fn read_faithfully(v: &Value, r: &reef_cni::CniResult) {
+    let routes = v.get("routes").and_then(Value::as_array);
+    for (route, json) in r.routes.iter().zip(routes.into_iter().flatten()) {
+        let attrs = [
+            ("mtu", route.mtu),
+            ("advmss", route.advmss),
+            ("priority", route.priority),
+            ("table", route.table),
+            ("scope", route.scope.map(u32::from)),
+        ];
+        for (key, got) in attrs {
+            if let Some(n) = json.get(key).and_then(Value::as_u64) {
+                assert_eq!(got.map(u64::from), Some(n), "route {key}");
+            }
+        }
+    }
+}
