@@ -7,9 +7,6 @@
 //! namespace), `cni` (conflist, chain, libcni cache, default network), `state` (the state
 //! directory), `ps` and `rm` (the other verbs), `paths` and `sys` (helpers).
 
-mod cni;
-mod error;
-mod log;
 mod netns;
 mod paths;
 mod ps;
@@ -21,8 +18,9 @@ mod state;
 mod sys;
 
 use clap::Parser;
-// The arguments live in the library (`reef_run::cli`); `crate::cli` paths resolve through this.
-use reef_run::cli;
+// The arguments and the CNI side live in the library (`reef_run::cli`, `reef_run::cni`,
+// shared with reef-docgen and the fuzz targets); `crate::` paths resolve through these.
+use reef_run::{cli, cni, error, log};
 
 use crate::cli::{Cli, Sub};
 use crate::error::EXIT_RUNTIME;

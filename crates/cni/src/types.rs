@@ -195,7 +195,14 @@ impl Route {
             advmss: num("advmss")?,
             priority: num("priority")?,
             table: num("table")?,
-            scope: num("scope")?.map(|s| s as u8),
+            // A scope is one byte on the wire: 509 must not become 253 (link).
+            scope: num("scope")?
+                .map(|s| {
+                    u8::try_from(s).map_err(|_| {
+                        CniError::new(codes::DECODE, format!("route scope {s} is not 0-255"))
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -478,6 +485,17 @@ mod tests {
         assert_eq!(v04["ips"][0]["version"], "4");
         assert_eq!(v04["ips"][1]["version"], "6");
         assert_eq!(v04["cniVersion"], "0.4.0");
+    }
+
+    #[test]
+    fn route_scope_out_of_range_is_decode_error() {
+        let mut v = sample();
+        v["routes"][0]["scope"] = json!(253);
+        assert_eq!(CniResult::from_json(&v).unwrap().routes[0].scope, Some(253));
+        v["routes"][0]["scope"] = json!(509);
+        let e = CniResult::from_json(&v).unwrap_err();
+        assert_eq!(e.code, codes::DECODE);
+        assert!(e.msg.contains("scope 509"), "{e}");
     }
 
     #[test]

@@ -386,8 +386,11 @@ impl Block {
         ordinal == 0 || ordinal == 1 || (self.cidr.is_ipv4() && ordinal == self.size() - 1)
     }
 
+    /// Saturating: a block record from etcd may be a /31 or /32 (no allocator writes one, but
+    /// a hand-written record must not overflow its readers).
     pub fn capacity(&self) -> u128 {
-        self.size() - if self.cidr.is_ipv4() { 3 } else { 2 }
+        self.size()
+            .saturating_sub(if self.cidr.is_ipv4() { 3 } else { 2 })
     }
 
     pub fn gateway(&self) -> Option<IpAddr> {
@@ -408,8 +411,10 @@ impl Block {
         u32::try_from(to_u128(ip) - to_u128(self.cidr.network())).ok()
     }
 
+    /// Saturating, like [`Block::capacity`]: a record may list more allocations than fit.
     pub fn free(&self) -> u128 {
-        self.capacity() - self.allocations.len() as u128
+        self.capacity()
+            .saturating_sub(self.allocations.len() as u128)
     }
 
     /// The next free ordinal after `after` (round-robin inside the block), if any.
@@ -417,7 +422,8 @@ impl Block {
         let size = u32::try_from(self.size().min(u128::from(u32::MAX))).ok()?;
         let mut o = after;
         for _ in 0..size {
-            o = (o + 1) % size;
+            // The cursor comes from the node's cache file: u32::MAX must wrap, not overflow.
+            o = o.wrapping_add(1) % size;
             if !self.is_reserved(u128::from(o)) && !self.allocations.contains_key(&o) {
                 return Some(o);
             }
@@ -512,6 +518,24 @@ mod tests {
         let v6 = Block::new("fd00::/126".parse().unwrap(), "n1");
         assert_eq!(v6.capacity(), 2);
         assert_eq!(v6.next_free(1), Some(2));
+    }
+
+    #[test]
+    fn odd_records_do_not_overflow() {
+        // Blocks no allocator writes, as a hand-edited etcd may hold them.
+        let mut b = Block::new("10.0.0.0/31".parse().unwrap(), "n1");
+        assert_eq!((b.capacity(), b.free()), (0, 0));
+        assert_eq!(b.next_free(u32::MAX), None);
+        b.allocations.insert(
+            1,
+            Allocation {
+                handle: "h".into(),
+                borrowed_by: None,
+            },
+        );
+        assert_eq!(b.free(), 0);
+        let b = Block::new("10.0.0.0/29".parse().unwrap(), "n1");
+        assert_eq!(b.next_free(u32::MAX), Some(2), "the cursor wraps");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (host end on the bridge, pod end renamed to CNI_IFNAME inside CNI_NETNS), addresses from
 //! IPAM, optional gateway-on-bridge, masquerade, hairpin and MTU.
 
-mod config;
+use reef_bridge::config;
 mod plugin;
 
 fn main() {

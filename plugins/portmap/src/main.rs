@@ -3,7 +3,7 @@
 //! pods, hairpin included) through one nftables table whose per-mapping state is map
 //! elements, changed by one netlink batch per ADD or DEL.
 
-mod config;
+use reef_portmap::config;
 mod localnet;
 mod plugin;
 

@@ -3,7 +3,7 @@
 //! to each pod address; the pod holds its addresses as host addresses and routes everything
 //! via the link-local gateway 169.254.1.1 (fe80::ecee:eeff:feee:eeee), which is the host veth.
 
-mod config;
+use reef_routed::config;
 mod plugin;
 
 fn main() {

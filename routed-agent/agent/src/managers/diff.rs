@@ -42,4 +42,37 @@ mod tests {
         assert_eq!(d.stale, vec![(3, "c")]);
         assert_eq!(diff(&want, &want).set, vec![]);
     }
+
+    mod props {
+        //! The rule itself (routes, FDB and neighbour entries all go through it): from any
+        //! `have`, setting `set` and removing `stale` yields exactly `want`, and nothing
+        //! already right is listed.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn applying_the_diff_to_any_state_gives_the_wanted_one(
+                have in proptest::collection::btree_map(0u8..24, 0u8..3, 0..16),
+                want in proptest::collection::btree_map(0u8..24, 0u8..3, 0..16),
+            ) {
+                let d = diff(&have, &want);
+                let mut kernel = have.clone();
+                for (k, _) in &d.stale {
+                    prop_assert!(kernel.remove(k).is_some(), "stale {} was not there", k);
+                }
+                for (k, v) in &d.set {
+                    prop_assert_ne!(have.get(k), Some(v), "{} was already right", k);
+                    kernel.insert(*k, *v);
+                }
+                prop_assert_eq!(&kernel, &want);
+                prop_assert!(d.stale.iter().all(|(k, v)| have.get(k) == Some(v)));
+                let same = diff(&want, &want);
+                prop_assert!(same.set.is_empty() && same.stale.is_empty());
+            }
+        }
+    }
 }

@@ -144,6 +144,9 @@ impl Slot {
     }
 }
 
+/// One element to change: its slot, whether the kernel holds one there, the wanted value.
+type Change = (Slot, bool, Option<Value>);
+
 /// Who needs an element: nearly always one service port.
 #[derive(Debug, Clone)]
 enum Owners {
@@ -410,11 +413,11 @@ impl ServicesState {
         Ok(reqs)
     }
 
-    /// Sends the difference between `installed` and the owners' values for `slots`.
-    fn commit(&mut self, nl: &mut NfNetlink, slots: Vec<Slot>) -> Result<usize> {
-        // What changes: the slot, whether the kernel has an element there, the wanted value.
-        let mut after: Vec<(Slot, bool, Option<Value>)> = Vec::new();
-        let mut jumps: BTreeSet<String> = BTreeSet::new();
+    /// The difference between `installed` and the owners' values for `slots`: per slot that
+    /// differs, whether the kernel has an element there (to delete) and the wanted value
+    /// (None: nothing). Pure, so the diff is tested without a kernel.
+    fn changes(&self, slots: Vec<Slot>) -> Vec<Change> {
+        let mut after: Vec<Change> = Vec::new();
         let mut seen: HashSet<Slot> = HashSet::with_capacity(slots.len());
         for slot in slots {
             if !seen.insert(slot) {
@@ -425,17 +428,36 @@ impl ServicesState {
             if want == have {
                 continue;
             }
-            if let Some(Value::Jump(c)) = want {
-                if !jumps.contains(c) {
-                    jumps.insert(c.clone());
-                }
-            }
             after.push((slot, have.is_some(), want.cloned()));
         }
+        after
+    }
+
+    /// `installed` once the kernel took `after`.
+    fn record(&mut self, after: Vec<Change>) {
+        for (slot, _, v) in after {
+            match v {
+                Some(v) => self.installed.insert(slot, v),
+                None => self.installed.remove(&slot),
+            };
+        }
+    }
+
+    /// Sends the difference between `installed` and the owners' values for `slots`.
+    fn commit(&mut self, nl: &mut NfNetlink, slots: Vec<Slot>) -> Result<usize> {
+        let after = self.changes(slots);
         if after.is_empty() {
             return Ok(0);
         }
-        let jumps: Vec<String> = jumps.into_iter().collect();
+        let jumps: Vec<String> = after
+            .iter()
+            .filter_map(|(_, _, want)| match want {
+                Some(Value::Jump(c)) => Some(c.clone()),
+                _ => None,
+            })
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
         let mut reqs = self.chain_requests(nl, &jumps)?;
         // Per map (index into MAPS), borrowed from `after`.
         let mut dels: [Vec<ElemRef>; MAPS.len()] = Default::default();
@@ -482,20 +504,13 @@ impl ServicesState {
             });
         }
         let n = after.len();
-        for (slot, _, v) in after {
-            match v {
-                Some(v) => self.installed.insert(slot, v),
-                None => self.installed.remove(&slot),
-            };
-        }
+        self.record(after);
         Ok(n)
     }
 
-    /// Makes the table exactly `all` (reading the kernel first): changes nothing when the
-    /// kernel already matches.
-    pub fn sync(&mut self, nl: &mut NfNetlink, all: &[ServiceLb]) -> Result<ServicesApplied> {
-        let before = std::mem::take(&mut self.programmed);
-        self.read_kernel(nl)?;
+    /// The owners for exactly `all` (what was programmed `before` gone), and every slot the
+    /// kernel or the owners name: the full sync's part that needs no kernel.
+    fn own_all(&mut self, before: &HashMap<ServiceKey, ServiceLb>, all: &[ServiceLb]) -> Vec<Slot> {
         self.owners.clear();
         for lb in all {
             // Slots as programmed before, or as the kernel holds them (a restarted agent):
@@ -509,6 +524,15 @@ impl ServicesState {
         }
         let mut slots: Vec<Slot> = self.installed.keys().cloned().collect();
         slots.extend(self.owners.keys().cloned());
+        slots
+    }
+
+    /// Makes the table exactly `all` (reading the kernel first): changes nothing when the
+    /// kernel already matches.
+    pub fn sync(&mut self, nl: &mut NfNetlink, all: &[ServiceLb]) -> Result<ServicesApplied> {
+        let before = std::mem::take(&mut self.programmed);
+        self.read_kernel(nl)?;
+        let slots = self.own_all(&before, all);
         let changes = self.commit(nl, slots)?;
         let gone: Vec<(ServiceKey, LbEndpoint)> = before
             .iter()
@@ -744,5 +768,155 @@ mod tests {
         s.own(b.key(), None);
         assert_eq!(s.effective(&vip), None);
         assert!(s.owners.is_empty() && s.programmed.is_empty());
+    }
+
+    mod diff {
+        //! The table's diff over any kernel state: a full sync from whatever the kernel holds
+        //! (elements of Reef's services, stale or foreign values, junk) leaves exactly the
+        //! elements the services render, and an update changes only the slots it touched
+        //! while keeping the whole table exact.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn service() -> impl Strategy<Value = ServiceLb> {
+            let endpoint = (1u8..6, 8080u16..8082, any::<bool>());
+            (
+                0u8..5,
+                prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)],
+                80u16..82,
+                proptest::option::of(30000u16..30002),
+                proptest::collection::vec(endpoint, 0..4),
+                proptest::option::of(prop_oneof![Just(10u32), Just(600)]),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(v, proto, port, node_port, eps, affinity_timeout, local)| {
+                        // VIP 4 is IPv6: rendered as nothing (the table is `ip`).
+                        let vip = match v {
+                            4 => IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 10)),
+                            v => IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10 + v)),
+                        };
+                        let mut endpoints: Vec<LbEndpoint> = Vec::new();
+                        for (h, port, local) in eps {
+                            let ip = IpAddr::V4(Ipv4Addr::new(10, 1, 0, h));
+                            if !endpoints.iter().any(|e| e.ip == ip && e.port == port) {
+                                endpoints.push(LbEndpoint { ip, port, local });
+                            }
+                        }
+                        ServiceLb {
+                            vip,
+                            proto,
+                            port,
+                            node_port,
+                            endpoints,
+                            affinity_timeout,
+                            node_port_local: local,
+                        }
+                    },
+                )
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Set),
+                any::<[u8; 8]>().prop_map(Value::Data),
+                (1usize..4).prop_map(|n| Value::Jump(wire::lb_chain(n))),
+            ]
+        }
+
+        /// What the kernel may hold: elements of other services' renderings with any value,
+        /// and junk keys in any map.
+        fn kernel() -> impl Strategy<Value = HashMap<Slot, Value>> {
+            let rendered =
+                (service(), proptest::collection::vec(value(), 16)).prop_map(|(lb, values)| {
+                    render(&lb)
+                        .into_iter()
+                        .zip(values)
+                        .map(|((slot, v), other)| (slot, if slot.len % 2 == 1 { other } else { v }))
+                        .collect::<Vec<_>>()
+                });
+            let junk = (
+                0..MAPS.len(),
+                proptest::collection::vec(any::<u8>(), 0..16),
+                value(),
+            )
+                .prop_map(|(m, key, v)| vec![(Slot::new(MAPS[m], &key), v)]);
+            proptest::collection::vec(prop_oneof![rendered, junk], 0..6)
+                .prop_map(|parts| parts.into_iter().flatten().collect())
+        }
+
+        /// Applies `after` to a model of the kernel as the transaction does: delete where
+        /// the kernel has an element, then add the wanted value.
+        fn apply(
+            k: &mut HashMap<Slot, Value>,
+            after: &[Change],
+        ) -> std::result::Result<(), TestCaseError> {
+            for (slot, had, want) in after {
+                prop_assert_eq!(*had, k.contains_key(slot), "{:?}", slot);
+                k.remove(slot);
+                if let Some(w) = want {
+                    k.insert(*slot, w.clone());
+                }
+            }
+            Ok(())
+        }
+
+        fn effective(s: &ServicesState) -> HashMap<Slot, Value> {
+            s.owners
+                .iter()
+                .map(|(k, o)| (*k, o.value().clone()))
+                .collect()
+        }
+
+        fn rendered(s: &ServicesState) -> HashSet<Slot> {
+            s.programmed
+                .values()
+                .flat_map(|lb| render(lb).into_iter().map(|(slot, _)| slot))
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn sync_then_updates_leave_exactly_the_wanted_elements(
+                mut k in kernel(),
+                all in proptest::collection::vec(service(), 0..6),
+                updates in proptest::collection::vec(
+                    (0usize..8, proptest::option::of(service())), 0..8),
+            ) {
+                // Full sync: the kernel as read, the owners of `all`, every slot either names.
+                let mut s = ServicesState { installed: k.clone(), ..ServicesState::default() };
+                let slots = s.own_all(&HashMap::new(), &all);
+                let after = s.changes(slots);
+                apply(&mut k, &after)?;
+                s.record(after);
+                prop_assert_eq!(&k, &s.installed);
+                prop_assert_eq!(&k, &effective(&s));
+                prop_assert_eq!(k.keys().copied().collect::<HashSet<_>>(), rendered(&s));
+                // A second full sync over the same services changes nothing.
+                let before = std::mem::take(&mut s.programmed);
+                let slots = s.own_all(&before, &all);
+                prop_assert!(s.changes(slots).is_empty());
+
+                // Updates: a service port changes, appears or goes (keys of `all` or new).
+                for (i, lb) in updates {
+                    let key = match (all.get(i), &lb) {
+                        (Some(old), _) => old.key(),
+                        (None, Some(new)) => new.key(),
+                        (None, None) => continue,
+                    };
+                    let lb = lb.map(|l| ServiceLb { vip: key.0, proto: key.1, port: key.2, ..l });
+                    let touched = s.own(key, lb.as_ref());
+                    let after = s.changes(touched.clone());
+                    prop_assert!(after.iter().all(|(slot, _, _)| touched.contains(slot)));
+                    apply(&mut k, &after)?;
+                    s.record(after);
+                    prop_assert_eq!(&k, &effective(&s));
+                    prop_assert_eq!(k.keys().copied().collect::<HashSet<_>>(), rendered(&s));
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,4 @@
+//! reef-routed's configuration, as a library so the fuzz targets parse it with the plugin's
+//! own code (the plugin itself is the binary in `main.rs`).
+
+pub mod config;
