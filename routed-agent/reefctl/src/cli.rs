@@ -195,17 +195,17 @@ pub enum ServiceCmd {
     },
     /// One service: VIP, ports, node ports, and its endpoints (pod, address, node, whether
     /// that node's agent is alive).
-    Show {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
+    Show(Named),
     /// Delete a service (and free its VIP and node ports).
-    Rm {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
+    Rm(Named),
+}
+
+/// One namespaced object by name (`service show|rm`, `policy show|rm`).
+#[derive(clap::Args)]
+pub struct Named {
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
 }
 
 #[derive(Subcommand)]
@@ -221,17 +221,9 @@ pub enum PolicyCmd {
     },
     /// One policy: the pods it selects now (node, addresses), each rule's peers as resolved
     /// now, its ports, and the packets it allowed and dropped (summed over the agents).
-    Show {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
+    Show(Named),
     /// Delete a policy.
-    Rm {
-        name: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
+    Rm(Named),
 }
 
 #[derive(Subcommand)]

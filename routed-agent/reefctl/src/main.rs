@@ -249,7 +249,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok(policy_show::policy_list(&state, ns))
         }
         Cmd::Policy {
-            command: PolicyCmd::Show { name, namespace },
+            command: PolicyCmd::Show(reefctl::cli::Named { name, namespace }),
         } => {
             let state = load_state(&mut etcd).await?;
             let p = state
@@ -258,7 +258,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok(policy_show::policy_show(&state, p))
         }
         Cmd::Policy {
-            command: PolicyCmd::Rm { name, namespace },
+            command: PolicyCmd::Rm(reefctl::cli::Named { name, namespace }),
         } => {
             policies::delete_policy(&mut etcd, namespace, name).await?;
             Ok(policy_show::policy_deleted(namespace, name))
@@ -299,7 +299,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok(service_show::list(&view, *all_namespaces))
         }
         Cmd::Service {
-            command: ServiceCmd::Show { name, namespace },
+            command: ServiceCmd::Show(reefctl::cli::Named { name, namespace }),
         } => {
             let view = services::ServiceView::load(&mut etcd, Some(namespace)).await?;
             let svc = view
@@ -314,7 +314,7 @@ async fn run(cli: &Cli, cfg: &EtcdConfig) -> Res {
             Ok(service_show::show(&view, svc))
         }
         Cmd::Service {
-            command: ServiceCmd::Rm { name, namespace },
+            command: ServiceCmd::Rm(reefctl::cli::Named { name, namespace }),
         } => {
             let done = services::delete(&mut etcd, &[(namespace.clone(), name.clone())]).await?;
             Ok(service_show::deleted(&done))
