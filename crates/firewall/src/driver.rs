@@ -1,13 +1,14 @@
 //! The one driver trait and the factory that picks its implementation.
 
 use crate::nftables::services::{ServiceKey, ServicesApplied};
+use crate::iptables::Iptables;
 use crate::nftables::Nftables;
 use crate::rules::{Masquerade, NatPool, Owner, PodGuard, PolicyRuleset, PortMapping, ServiceLb};
 use crate::{Error, Result};
 use std::net::IpAddr;
 
 /// Everything Reef asks of a host firewall, as plain rule types. One implementation per
-/// backend (nftables today; an iptables one would be a second file behind the same trait),
+/// backend (`nftables`, `iptables`),
 /// chosen by `driver`.
 ///
 /// A driver keeps its kernel connection for its own lifetime: callers decide when it closes,
@@ -120,9 +121,14 @@ pub enum DriverKind {
     /// nf_tables over netlink (the default).
     #[default]
     Nftables,
+    /// iptables-restore and ipsets (`iptables-nft` or `iptables-legacy`, as the host uses).
+    Iptables,
+    /// nftables when the kernel has nf_tables, else iptables (legacy).
+    Auto,
 }
 
-/// Environment variable that picks the driver (`nftables`); unset means the default.
+/// Environment variable that picks the driver (`nftables`, `iptables`, `auto`); unset
+/// means the default.
 pub const DRIVER_ENV: &str = "REEF_FIREWALL_DRIVER";
 
 impl std::str::FromStr for DriverKind {
@@ -131,12 +137,33 @@ impl std::str::FromStr for DriverKind {
     fn from_str(s: &str) -> Result<DriverKind> {
         match s.trim().to_ascii_lowercase().as_str() {
             "" | "nftables" => Ok(DriverKind::Nftables),
+            "iptables" => Ok(DriverKind::Iptables),
+            "auto" => Ok(DriverKind::Auto),
             other => Err(Error::UnknownDriver(other.to_string())),
         }
     }
 }
 
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DriverKind::Nftables => "nftables",
+            DriverKind::Iptables => "iptables",
+            DriverKind::Auto => "auto",
+        })
+    }
+}
+
 impl DriverKind {
+    /// `Auto` made concrete: nftables when this kernel answers nf_tables requests.
+    pub fn resolve(self) -> DriverKind {
+        match self {
+            DriverKind::Auto if nftables_available() => DriverKind::Nftables,
+            DriverKind::Auto => DriverKind::Iptables,
+            k => k,
+        }
+    }
+
     /// The kind named by `REEF_FIREWALL_DRIVER`, or the default when unset.
     pub fn from_env() -> Result<DriverKind> {
         match std::env::var(DRIVER_ENV) {
@@ -148,9 +175,17 @@ impl DriverKind {
 
 /// The driver of `kind`. Opening it is free: the kernel connection opens on first use.
 pub fn driver(kind: DriverKind) -> Box<dyn FirewallDriver> {
-    match kind {
-        DriverKind::Nftables => Box::new(Nftables::new()),
+    match kind.resolve() {
+        DriverKind::Iptables => Box::new(Iptables::new()),
+        _ => Box::new(Nftables::new()),
     }
+}
+
+/// Whether nf_tables answers here (a table query succeeds, whatever its answer).
+fn nftables_available() -> bool {
+    crate::nfnetlink::NfNetlink::open()
+        .and_then(|mut nl| nl.table_exists(crate::nftables::NFPROTO_INET, "reef-probe"))
+        .is_ok()
 }
 
 /// The default driver (nftables).

@@ -1,6 +1,7 @@
 //! Host firewall rules for Reef, netavark style: plain rule types (`rules`), one driver
 //! trait (`FirewallDriver`), and a factory (`driver`, `driver_from_env`) that picks the
-//! implementation; nftables (over netlink) is the default and, today, the only one.
+//! implementation: nftables (over netlink, the default) or iptables (`iptables-restore`
+//! and ipsets, for hosts whose firewall is iptables).
 //!
 //! Users: reef-bridge (per-network masquerade, `ipMasq`), reef-portmap (host port
 //! mappings), reef-agent (natOutgoing for the pools).
@@ -12,6 +13,7 @@
 
 mod conntrack;
 pub mod driver;
+pub mod iptables;
 mod nfnetlink;
 pub mod nftables;
 pub mod portmap;
@@ -41,8 +43,17 @@ pub enum Error {
     /// A host port is already mapped by another attachment (nothing was changed).
     #[error("{0}")]
     Conflict(String),
-    #[error("unknown firewall driver {0:?} (known: nftables)")]
+    /// An external tool (iptables-restore, ipset, ...) refused its input.
+    #[error("{tool} failed ({context}): {stderr}")]
+    Tool {
+        tool: String,
+        context: String,
+        stderr: String,
+    },
+    #[error("unknown firewall driver {0:?} (known: nftables, iptables, auto)")]
     UnknownDriver(String),
+    #[error("unknown iptables backend {0:?} (known: nft, legacy)")]
+    UnknownBackend(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
