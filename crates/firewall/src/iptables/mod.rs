@@ -311,3 +311,11 @@ impl FirewallDriver for Iptables {
         portmap::flush_in_background(removed, added)
     }
 }
+
+/// Whether the family's iptables is usable here (IPv6 may be disabled on a host).
+pub(crate) fn has_tables(fw: &mut Iptables, family: Family) -> Result<bool> {
+    match family {
+        Family::V4 => Ok(true),
+        Family::V6 => Ok(std::path::Path::new("/proc/net/if_inet6").exists() && fw.backend().is_ok()),
+    }
+}
