@@ -9,7 +9,7 @@ mod plugin;
 mod pod;
 
 pub use host::{Add, Check, End, HostSide, HostVeth, Released};
-pub use plugin::VethPlugin;
+pub use plugin::{attachment, firewall_kind, VethPlugin};
 pub use pod::{default_dst, route_spec};
 
 use reef_cni::{codes, CmdArgs, CniError};

@@ -8,7 +8,8 @@ use reef_cni::attachment::{
 };
 use reef_cni::ipam::{InProcessIpam, IpamClient};
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Command, Interface, IpConfig, Plugin};
-use reef_firewall::{driver_from_env, FirewallDriver, PodGuard};
+use reef_firewall::choice::{self, Attachment};
+use reef_firewall::{DriverKind, FirewallDriver, PodGuard};
 use reef_netlink::{LinkInfo, NetNs, Netlink, PendingNetlink};
 use std::collections::HashSet;
 use std::marker::PhantomData;
@@ -43,7 +44,9 @@ impl<'a, H: HostSide> VethPlugin<'a, H> {
         let host = Netlink::current().map_err(nl_err)?;
         refuse_live_duplicate(&host, args).await?;
         let host_name = host_veth_name(&args.container_id, &args.ifname);
-        let mut fw = driver_from_env().map_err(fw_err)?;
+        let kind = firewall_kind(args)?;
+        let att = attachment::<H>(args);
+        let (_, mut fw) = choice::for_add(&att, kind).map_err(fw_err)?;
         // Before IPAM writes the workload record the agent acts on: the agent releases the
         // hold once the pod's policy is in place, so it must not see the pod before the hold.
         let namespace = args.arg("K8S_POD_NAMESPACE").unwrap_or("default");
@@ -239,15 +242,13 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
                 },
             };
             let masquerade = host_side.masquerade_network(args);
-            match driver_from_env() {
-                Ok(mut fw) => {
-                    if let Err(e) = fw.del_pod_guard(&host_name, &held, masquerade.as_deref()) {
-                        del.errors.push(fw_err(e));
-                    }
-                    guard_fw = Some(fw);
-                }
-                Err(e) => del.errors.push(fw_err(e)),
+            // The driver ADD used (recorded), whatever the configuration says now.
+            let kind = firewall_kind(args).unwrap_or_default();
+            let mut fw = choice::for_del(&attachment::<H>(args), kind);
+            if let Err(e) = fw.del_pod_guard(&host_name, &held, masquerade.as_deref()) {
+                del.errors.push(fw_err(e));
             }
+            guard_fw = Some(fw);
             teardown = Some(host_side.del_host(&mut del, veth_present).await);
             // Returns once the pair has left both namespaces (taking the host routes and
             // neighbours with it); the kernel's ~20 ms of reclamation after that is sat out by
@@ -265,6 +266,9 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
         }
         drop(teardown);
         drop(guard_fw);
+        if del.errors.is_empty() {
+            choice::forget(&attachment::<H>(args));
+        }
         CniError::all(del.errors)
     }
 
@@ -303,7 +307,9 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let host_side = H::from_netconf(&args.conf)?;
         // Refuse a malformed attachment list before touching anything.
-        args.conf.valid_attachments()?;
+        let valid = args.conf.valid_attachments()?;
+        let kind = firewall_kind(args)?;
+        choice::gc(H::PLUGIN, &args.conf.name, &valid);
         let mut gc = Released {
             args,
             ips: None,
@@ -319,7 +325,8 @@ impl<H: HostSide> Plugin for VethPlugin<'_, H> {
             Ok(removed) if !removed.is_empty() => {
                 eprintln!("{}: GC removed stale host veths {removed:?}", H::PLUGIN);
                 // Their anti-spoofing elements and holds go with them.
-                if let Err(e) = driver_from_env().and_then(|mut fw| fw.gc_pod_guards(&removed)) {
+                // With every driver: the host may have switched since their ADD.
+                if let Err(e) = choice::with_every_driver(kind, |fw| fw.gc_pod_guards(&removed)) {
                     gc.errors.push(fw_err(e));
                 }
             }
@@ -366,7 +373,20 @@ async fn refuse_live_duplicate(host: &Netlink, args: &CmdArgs) -> Result<(), Cni
 /// IPAM ADD for an attachment whose host interface will be `host_name`; an empty answer is
 /// released and refused.
 fn fw_err(e: reef_firewall::Error) -> CniError {
-    CniError::new(codes::FIREWALL, e.to_string())
+    match e {
+        reef_firewall::Error::Config(msg) => CniError::invalid_config(msg),
+        e => CniError::new(codes::FIREWALL, e.to_string()),
+    }
+}
+
+/// The netconf's `"firewall"` driver (else `REEF_FIREWALL_DRIVER`, else nftables).
+pub fn firewall_kind(args: &CmdArgs) -> Result<DriverKind, CniError> {
+    choice::configured(args.conf.raw.get("firewall")).map_err(fw_err)
+}
+
+/// This attachment, for the driver record of plugin `H`.
+pub fn attachment<H: HostSide>(args: &CmdArgs) -> Attachment<'_> {
+    Attachment::new(H::PLUGIN, &args.conf.name, &args.container_id, &args.ifname)
 }
 
 /// Addresses on `ifname` inside `ns`; empty when anything is missing (DEL must not fail on it).

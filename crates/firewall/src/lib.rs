@@ -11,6 +11,7 @@
 //! removes its address in that table's sets, which is a single netlink message — no `nft`
 //! process on the ADD/DEL hot path.
 
+pub mod choice;
 mod conntrack;
 pub mod driver;
 pub mod iptables;
@@ -43,6 +44,9 @@ pub enum Error {
     /// A host port is already mapped by another attachment (nothing was changed).
     #[error("{0}")]
     Conflict(String),
+    /// A firewall setting of the plugin's configuration is wrong (names the field).
+    #[error("{0}")]
+    Config(String),
     /// An external tool (iptables-restore, ipset, ...) refused its input.
     #[error("{tool} failed ({context}): {stderr}")]
     Tool {

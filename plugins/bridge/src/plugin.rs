@@ -8,7 +8,8 @@ use reef_attach::{
     check_err, default_dst, existing_host_veth, nl_err, Add, Check, HostSide, HostVeth, Released,
 };
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Interface, NetConf, Route};
-use reef_firewall::{driver_from_env, BridgeIsolation, FirewallDriver, Masquerade};
+use reef_firewall::choice;
+use reef_firewall::{BridgeIsolation, FirewallDriver, Masquerade};
 use reef_netlink::{sysctl, LinkInfo, Netlink};
 use std::net::IpAddr;
 
@@ -211,8 +212,10 @@ impl HostSide for Bridge {
             let args = check.args;
             let nets: Vec<IpNetwork> = check.prev.ips.iter().map(|i| i.address).collect();
             let ips: Vec<IpAddr> = nets.iter().map(|n| n.ip()).collect();
-            driver_from_env()
-                .and_then(|mut fw| fw.check_masquerade(&Self::masquerade_of(args, &nets), &ips))
+            let kind = reef_attach::firewall_kind(args)?;
+            let att = reef_attach::attachment::<Self>(args);
+            choice::for_del(&att, kind)
+                .check_masquerade(&Self::masquerade_of(args, &nets), &ips)
                 .map_err(|e| check_err(e.to_string()))?;
         }
         Ok(())
@@ -228,16 +231,18 @@ impl HostSide for Bridge {
         let (true, Some(ips)) = (self.conf.ip_masq, &gc.ips) else {
             return None;
         };
-        let mut fw = match driver_from_env() {
-            Ok(fw) => fw,
+        let kind = match reef_attach::firewall_kind(gc.args) {
+            Ok(k) => k,
             Err(e) => {
-                gc.errors.push(fw_err(e));
+                gc.errors.push(e);
                 return None;
             }
         };
-        if let Err(e) = fw.del_masquerade(&gc.args.conf.name, ips) {
+        // With every driver: the host may have switched since their ADD.
+        let network = gc.args.conf.name.clone();
+        if let Err(e) = choice::with_every_driver(kind, |fw| fw.del_masquerade(&network, ips)) {
             gc.errors.push(fw_err(e));
         }
-        Some(fw)
+        None
     }
 }

@@ -3,7 +3,9 @@
 use crate::config::{self, Spec};
 use crate::localnet;
 use reef_cni::{codes, CmdArgs, CniError, CniResult, Plugin};
+use reef_firewall::choice::{self, Attachment};
 use reef_firewall::portmap::{Owner, PortMapping, TABLE};
+use reef_firewall::DriverKind;
 
 /// Reef: the host port is already mapped by another attachment.
 pub const PORT_CONFLICT: u32 = reef_cni::codes::PORT_CONFLICT;
@@ -15,6 +17,16 @@ fn fw_err(e: reef_firewall::Error) -> CniError {
         reef_firewall::Error::Conflict(msg) => CniError::new(PORT_CONFLICT, msg),
         e => CniError::new(codes::FIREWALL, e.to_string()),
     }
+}
+
+/// The netconf's `"firewall"` driver (else `REEF_FIREWALL_DRIVER`, else nftables).
+fn firewall_kind(args: &CmdArgs) -> Result<DriverKind, CniError> {
+    choice::configured(args.conf.raw.get("firewall"))
+        .map_err(|e| CniError::invalid_config(e.to_string()))
+}
+
+fn attachment(args: &CmdArgs) -> Attachment<'_> {
+    Attachment::new("reef-portmap", &args.conf.name, &args.container_id, &args.ifname)
 }
 
 fn owner(args: &CmdArgs) -> Owner {
@@ -62,7 +74,7 @@ impl Plugin for PortMap {
         if maps.is_empty() {
             return Ok(prev.clone());
         }
-        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
+        let (_, mut fw) = choice::for_add(&attachment(args), firewall_kind(args)?).map_err(fw_err)?;
         // IPv4 mappings include 127.0.0.1 (no hostIP means every host address).
         let localnet_lock = if maps.iter().any(|m| m.pod_ip.is_ipv4()) {
             let lock = localnet::Lock::take()?;
@@ -96,7 +108,9 @@ impl Plugin for PortMap {
                 }
                 _ => None,
             };
-        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
+        // The driver ADD used (recorded), whatever the configuration says now.
+        let att = attachment(args);
+        let mut fw = choice::for_del(&att, firewall_kind(args).unwrap_or_default());
         let removed = fw
             .del_port_mappings(&owner(args), known.as_deref())
             .map_err(fw_err)?;
@@ -104,6 +118,7 @@ impl Plugin for PortMap {
         // Even a socket that changed nothing waits for the RCU grace period of the last
         // commit (anyone's) when it closes: always leave that to the detached child.
         fw.close_flushing_conntrack(&removed, &[]);
+        choice::forget(&att);
         Ok(())
     }
 
@@ -113,7 +128,7 @@ impl Plugin for PortMap {
         if maps.is_empty() {
             return Ok(());
         }
-        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
+        let mut fw = choice::for_del(&attachment(args), firewall_kind(args)?);
         let res = fw
             .check_port_mappings(&owner(args), &maps)
             .map_err(|e| CniError::new(codes::CHECK_FAILED, e.to_string()));
@@ -123,26 +138,33 @@ impl Plugin for PortMap {
 
     fn gc(&self, args: &CmdArgs) -> Result<(), CniError> {
         let valid = args.conf.valid_attachments()?;
-        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
-        let removed = fw
-            .gc_port_mappings(&args.conf.name, &valid)
-            .map_err(fw_err)?;
-        for m in &removed {
-            eprintln!("reef-portmap: GC removed {m}");
-        }
+        let kind = firewall_kind(args)?;
+        choice::gc("reef-portmap", &args.conf.name, &valid);
+        // With every driver: the host may have switched since their ADD.
+        let network = args.conf.name.clone();
+        let removed = choice::with_every_driver(kind, |fw| {
+            let removed = fw.gc_port_mappings(&network, &valid)?;
+            for m in &removed {
+                eprintln!("reef-portmap: GC removed {m}");
+            }
+            Ok(removed)
+        })
+        .map_err(fw_err)?;
+        let _ = removed;
+        let mut fw = reef_firewall::driver(kind);
         give_back_route_localnet(&mut *fw)?;
         fw.close_in_background();
         Ok(())
     }
 
-    fn status(&self, _args: &CmdArgs) -> Result<(), CniError> {
-        let mut fw = reef_firewall::driver_from_env().map_err(fw_err)?;
+    fn status(&self, args: &CmdArgs) -> Result<(), CniError> {
+        let mut fw = reef_firewall::driver(firewall_kind(args)?);
         let res = fw.port_mapping_status();
         fw.close_in_background();
         res.map_err(|e| {
             CniError::new(
                 codes::NOT_AVAILABLE,
-                format!("port mappings (nftables table inet {TABLE}) unavailable"),
+                format!("port mappings (nftables table inet {TABLE}, or iptables) unavailable"),
             )
             .with_details(e.to_string())
         })

@@ -30,6 +30,8 @@ pub struct Options {
     pub resync: Duration,
     /// Where `/metrics` and `/healthz` are served; `None`: nowhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// The firewall driver for natOutgoing, services and policy (`auto` already decided).
+    pub firewall: reef_firewall::DriverKind,
 }
 
 pub(crate) fn now() -> u64 {
@@ -77,6 +79,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
             Err(e) => tracing::warn!(addr = %addr, error = %e, "metrics endpoint not served"),
         }
     }
+    managers::forget_other_firewall(opts.firewall);
     let started = now();
     let (status_tx, status_rx) = watch::channel(AgentStatus {
         node: opts.node.clone(),
@@ -105,7 +108,7 @@ pub async fn run(opts: Options) -> Result<(), AgentError> {
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
     let mut st = State {
-        managers: managers::for_node(&opts.node, nl, underlay),
+        managers: managers::for_node(&opts.node, nl, underlay, opts.firewall),
         opts,
         record,
         status: status_tx,

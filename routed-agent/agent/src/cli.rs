@@ -52,6 +52,16 @@ pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Firewall driver for natOutgoing, services and policy: nftables, iptables (follows the
+    /// host's iptables backend, nft or legacy) or auto (nftables when the kernel has it).
+    /// Use the same as the host's CNI plugins (`"firewall"` in their config).
+    #[arg(
+        long,
+        env = "REEF_FIREWALL_DRIVER",
+        value_name = "nftables|iptables|auto",
+        default_value = "nftables"
+    )]
+    pub firewall: reef_firewall::DriverKind,
 }
 
 /// `--metrics-addr`: where to serve, or nowhere.

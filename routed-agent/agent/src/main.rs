@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         lease_ttl: cli.lease_ttl,
         resync: Duration::from_secs(cli.resync),
         metrics_addr: cli.metrics_addr.0,
+        firewall: cli.firewall.resolve(),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -65,19 +65,24 @@ impl Outcome {
     }
 }
 
-/// The host's firewall driver (`REEF_FIREWALL_DRIVER`, nftables by default), opened on first
-/// use and kept for the agent's life: a driver holds its tables' pictures.
+/// The host's firewall driver (`--firewall`), opened on first use and kept for the agent's
+/// life: a driver holds its tables' pictures.
 #[derive(Default)]
 pub struct Firewall {
+    kind: reef_firewall::DriverKind,
     driver: Option<Box<dyn reef_firewall::FirewallDriver>>,
 }
 
 impl Firewall {
+    pub fn new(kind: reef_firewall::DriverKind) -> Firewall {
+        Firewall { kind, driver: None }
+    }
+
     pub fn driver(
         &mut self,
     ) -> Result<&mut Box<dyn reef_firewall::FirewallDriver>, reef_firewall::Error> {
         if self.driver.is_none() {
-            self.driver = Some(reef_firewall::driver_from_env()?);
+            self.driver = Some(reef_firewall::driver(self.kind));
         }
         self.driver
             .as_mut()
@@ -103,17 +108,44 @@ pub trait Manager {
 }
 
 /// The managers of node `me`, in the order they run.
-pub fn for_node(me: &str, nl: Netlink, underlay: Underlay) -> Vec<Box<dyn Manager>> {
+pub fn for_node(
+    me: &str,
+    nl: Netlink,
+    underlay: Underlay,
+    firewall: reef_firewall::DriverKind,
+) -> Vec<Box<dyn Manager>> {
     vec![
-        Box::new(nat::NatManager::new(me, nat::Firewall)),
+        Box::new(nat::NatManager::new(me, nat::Firewall(firewall))),
         Box::new(routes::RoutesManager::new(me, nl.clone(), underlay)),
         Box::new(services::ServicesManager::new(
             me,
-            Firewall::default(),
+            Firewall::new(firewall),
             Some(nl),
         )),
-        Box::new(policy::PolicyManager::new(me, Firewall::default())),
+        Box::new(policy::PolicyManager::new(me, Firewall::new(firewall))),
     ]
+}
+
+/// At start: removes what the other driver programmed here (natOutgoing, services, policy),
+/// so switching a node's `--firewall` leaves nothing of the old one behind to shadow or
+/// contradict the new rules. Errors are logged: the other driver may not even be installed.
+pub fn forget_other_firewall(kind: reef_firewall::DriverKind) {
+    use reef_firewall::DriverKind;
+    let other = match kind.resolve() {
+        DriverKind::Iptables => DriverKind::Nftables,
+        _ => DriverKind::Iptables,
+    };
+    let mut fw = reef_firewall::driver(other);
+    for (what, res) in [
+        ("natOutgoing", fw.remove_nat_outgoing()),
+        ("services", fw.remove_services()),
+        ("policy", fw.remove_policy()),
+    ] {
+        if let Err(e) = res {
+            tracing::debug!(driver = %other, what, error = %e, "nothing removed");
+        }
+    }
+    fw.close_in_background();
 }
 
 #[cfg(test)]

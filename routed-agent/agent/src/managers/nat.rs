@@ -12,13 +12,13 @@ pub trait NatProgrammer {
     fn program(&mut self, pools: &[NatPool]) -> Result<(), reef_firewall::Error>;
 }
 
-/// natOutgoing through the host's firewall driver (`REEF_FIREWALL_DRIVER`, nftables by
-/// default): one table, `inet reef-nat`, replaced atomically.
-pub struct Firewall;
+/// natOutgoing through the host's firewall driver (`--firewall`): replaced atomically (one
+/// nftables table, or the iptables driver's pool sets).
+pub struct Firewall(pub reef_firewall::DriverKind);
 
 impl NatProgrammer for Firewall {
     fn program(&mut self, pools: &[NatPool]) -> Result<(), reef_firewall::Error> {
-        reef_firewall::driver_from_env()?.sync_nat_outgoing(pools)
+        reef_firewall::driver(self.0).sync_nat_outgoing(pools)
     }
 }
 
