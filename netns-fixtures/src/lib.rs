@@ -30,6 +30,7 @@
 mod addr;
 mod cluster;
 mod etcd;
+pub mod firewall;
 mod netns;
 mod process;
 mod tls;

@@ -109,6 +109,7 @@ impl Netns {
     /// [`Netns::cmd_with_sysfs`] for a program that reads `/sys/class/net`.
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
+        cmd.env(crate::firewall::DRIVER_ENV, crate::firewall::under_test());
         match self.open() {
             Ok(file) => {
                 // SAFETY: the closure only makes the setns(2) syscall on an fd opened before

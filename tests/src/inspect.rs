@@ -98,8 +98,15 @@ pub fn nft_set(host: &Netns, table: &str, set: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Elements of the masquerade set for `network` holding addresses of `ip`'s family.
+/// Elements of the masquerade set for `network` holding addresses of `ip`'s family (the
+/// nftables set, or the iptables driver's ipset, as the binary's driver is).
 pub fn masq_set(host: &Netns, network: &str, v6: bool) -> Vec<String> {
+    if netns_fixtures::firewall::is_iptables() {
+        use reef_firewall::iptables::{masquerade_set, Family};
+        let set = masquerade_set(network, if v6 { Family::V6 } else { Family::V4 });
+        return ipset_members(host, &set)
+            .unwrap_or_else(|| panic!("ipset {set} missing in {}", host.name()));
+    }
     let table = format!("reef-masq-{network}");
     let set = if v6 { "pods6" } else { "pods4" };
     nft_set(host, &table, set).unwrap_or_else(|| {
@@ -169,9 +176,69 @@ pub fn ifindex(ns: &Netns, dev: &str) -> u32 {
         .unwrap_or_else(|| panic!("no device {dev} in {}", ns.name())) as u32
 }
 
+/// Takes `ip` out of `network`'s masquerade set behind the plugin's back (drift).
+pub fn remove_masq_member(host: &Netns, network: &str, ip: &str) {
+    if netns_fixtures::firewall::is_iptables() {
+        let v6 = ip.contains(':');
+        let set = reef_firewall::iptables::masquerade_set(
+            network,
+            if v6 { reef_firewall::iptables::Family::V6 } else { reef_firewall::iptables::Family::V4 },
+        );
+        host.sh_ok(&format!("ipset del {set} {ip}"));
+    } else {
+        let set = if ip.contains(':') { "pods6" } else { "pods4" };
+        host.sh_ok(&format!("nft delete element inet reef-masq-{network} {set} {{ {ip} }}"));
+    }
+}
+
+/// The members of an ipset inside `host`, or `None` when it does not exist.
+pub fn ipset_members(host: &Netns, set: &str) -> Option<Vec<String>> {
+    let out = host.run("ipset", ["save", set]).expect("run ipset");
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("add "))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The iptables driver's port mappings (REEF-HOSTPORTS rules, both families) written as
+/// `portmap_elements` prints the nftables ones, so the suites compare either alike.
+fn iptables_portmap_elements(host: &Netns) -> Vec<String> {
+    let mut out = Vec::new();
+    for save in ["iptables-save -t nat", "ip6tables-save -t nat"] {
+        let text = String::from_utf8_lossy(&host.sh(&format!("{save} 2>/dev/null")).stdout).into_owned();
+        for rule in text.lines().filter_map(|l| l.strip_prefix("-A REEF-HOSTPORTS ")) {
+            let w: Vec<&str> = rule.split(' ').collect();
+            let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).copied();
+            let (Some(proto), Some(port), Some(to), Some(tag)) =
+                (after("-p"), after("--dport"), after("--to-destination"), after("--comment"))
+            else {
+                continue;
+            };
+            let Some((ip, cport)) = to.rsplit_once(':') else { continue };
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            let host_ip = after("-d")
+                .map(|d| format!("{} . ", d.split('/').next().unwrap_or(d)))
+                .unwrap_or_default();
+            out.push(format!("{host_ip}{proto} . {port} comment {tag} : {ip} . {cport}"));
+        }
+    }
+    out
+}
+
 /// The elements of reef-portmap's maps in `host` as `nft list map` prints them, e.g.
-/// `tcp . 8080 comment "net/cid/eth0" : 10.1.0.2 . 80` (empty when the table is absent).
+/// `tcp . 8080 comment "net/cid/eth0" : 10.1.0.2 . 80` (empty when the table is absent);
+/// with the iptables driver, its rules in that form.
 pub fn portmap_elements(host: &Netns) -> Vec<String> {
+    if netns_fixtures::firewall::is_iptables() {
+        return iptables_portmap_elements(host);
+    }
     let mut out = Vec::new();
     for m in ["hostip4", "any4", "hostip6", "any6"] {
         let text = host

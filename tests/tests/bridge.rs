@@ -446,9 +446,7 @@ fn check_detects_drift() {
         }),
         ("pod address removed from the masquerade set", |env, r| {
             let ip = result_ip(r, false);
-            env.host.sh_ok(&format!(
-                "nft delete element inet reef-masq-drift pods4 {{ {ip} }}"
-            ));
+            remove_masq_member(&env.host, "drift", &ip);
             ip
         }),
         ("reservation file removed from the IPAM store", |env, r| {

@@ -1,0 +1,34 @@
+//! Which firewall driver the running test binary exercises. The firewall-touching suites
+//! run once per driver without being copied: `tests/portmap.rs` is the nftables run, and
+//! `tests/portmap_iptables.rs` includes the same file (`#[path]`) as the iptables run. The
+//! test binary's name tells which (cargo names it after the file), so no environment
+//! variable has to be changed under running tests; every command a test starts in a
+//! namespace (`Netns::cmd`) carries `REEF_FIREWALL_DRIVER` for the plugins and agents.
+
+use std::sync::OnceLock;
+
+/// What the plugins and reef-agent read (`reef_firewall::DRIVER_ENV`).
+pub const DRIVER_ENV: &str = "REEF_FIREWALL_DRIVER";
+
+/// `"iptables"` in a binary whose target name ends in `_iptables`, else `"nftables"`.
+pub fn under_test() -> &'static str {
+    static KIND: OnceLock<&'static str> = OnceLock::new();
+    KIND.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        let stem = exe
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // cargo: `<target>-<16 hex digits>`.
+        let target = stem.rsplit_once('-').map_or(stem.as_str(), |(t, _)| t);
+        if target.ends_with("_iptables") {
+            "iptables"
+        } else {
+            "nftables"
+        }
+    })
+}
+
+pub fn is_iptables() -> bool {
+    under_test() == "iptables"
+}

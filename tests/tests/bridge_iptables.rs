@@ -1,0 +1,5 @@
+//! The `bridge` suite again, on the iptables firewall driver: the same tests, not a copy
+//! (the binary's name selects the driver, see `netns_fixtures::firewall`).
+
+#[path = "bridge.rs"]
+mod suite;
