@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 /// What the plugins and reef-agent read (`reef_firewall::DRIVER_ENV`).
 pub const DRIVER_ENV: &str = "REEF_FIREWALL_DRIVER";
 
-/// `"iptables"` in a binary whose target name ends in `_iptables`, else `"nftables"`.
+/// `"iptables"` in a binary whose target name ends in `_iptables`, `"mixed"` in one ending
+/// in `_mixed` (a cluster of both: see [`for_host`]), else `"nftables"`.
 pub fn under_test() -> &'static str {
     static KIND: OnceLock<&'static str> = OnceLock::new();
     KIND.get_or_init(|| {
@@ -23,12 +24,27 @@ pub fn under_test() -> &'static str {
         let target = stem.rsplit_once('-').map_or(stem.as_str(), |(t, _)| t);
         if target.ends_with("_iptables") {
             "iptables"
+        } else if target.ends_with("_mixed") {
+            "mixed"
         } else {
             "nftables"
         }
     })
 }
 
+/// Whether the binary tests the iptables driver everywhere.
 pub fn is_iptables() -> bool {
     under_test() == "iptables"
+}
+
+/// The driver of a simulated host: in a mixed run, hosts whose name ends in an odd digit
+/// (`h1`, `h3`) run iptables and the others nftables; otherwise the binary's driver.
+pub fn for_host(name: &str) -> &'static str {
+    match under_test() {
+        "mixed" => match name.chars().last().and_then(|c| c.to_digit(10)) {
+            Some(d) if d % 2 == 1 => "iptables",
+            _ => "nftables",
+        },
+        d => d,
+    }
 }

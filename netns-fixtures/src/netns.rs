@@ -109,7 +109,9 @@ impl Netns {
     /// [`Netns::cmd_with_sysfs`] for a program that reads `/sys/class/net`.
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env(crate::firewall::DRIVER_ENV, crate::firewall::under_test());
+        // A simulated host's namespace is named after it (`h1-<pid>-<n>`).
+        let host = self.name.split('-').next().unwrap_or_default();
+        cmd.env(crate::firewall::DRIVER_ENV, crate::firewall::for_host(host));
         match self.open() {
             Ok(file) => {
                 // SAFETY: the closure only makes the setns(2) syscall on an fd opened before

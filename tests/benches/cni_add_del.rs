@@ -4,7 +4,8 @@
 //! network. Prints p50/p90 per side and the ratios; the targets are in the README.
 //!
 //! Two chains per side: bridge + IPAM + ipMasq, and the same with the portmap plugin and one
-//! port mapping (CAP_ARGS). Then `reef-run -- true` end to end (process start to exit,
+//! port mapping (CAP_ARGS); Reef's twice, on the nftables and on the iptables driver (the
+//! reference plugins' firewall is iptables). Then `reef-run -- true` end to end (process start to exit,
 //! network up and down) on its embedded default network.
 //!
 //! `cargo build --release && cargo bench -p reef-tests --bench cni_add_del`
@@ -80,6 +81,19 @@ fn bridge_conf(
     subnet: &str,
     portmap: Option<&str>,
 ) -> Value {
+    firewall_conf(name, dir, main, ipam, subnet, portmap, None)
+}
+
+/// `bridge_conf` with `"firewall"` set on every plugin (Reef's only).
+fn firewall_conf(
+    name: &str,
+    dir: &std::path::Path,
+    main: &str,
+    ipam: &str,
+    subnet: &str,
+    portmap: Option<&str>,
+    firewall: Option<&str>,
+) -> Value {
     let mut plugins = vec![json!({
         "type": main,
         "bridge": format!("{name}0"),
@@ -93,6 +107,11 @@ fn bridge_conf(
     })];
     if let Some(pm) = portmap {
         plugins.push(json!({"type": pm, "capabilities": {"portMappings": true}}));
+    }
+    if let Some(fw) = firewall {
+        for p in &mut plugins {
+            p["firewall"] = json!(fw);
+        }
     }
     json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins})
 }
@@ -197,6 +216,19 @@ fn main() {
         d,
         bridge_conf("benchref", d, "bridge", "host-local", "10.211.0.0/16", None),
     );
+    let reef_ipt = Side::new(
+        "reefipt",
+        d,
+        firewall_conf(
+            "benchipt",
+            d,
+            "reef-bridge",
+            "reef-ipam",
+            "10.216.0.0/16",
+            None,
+            Some("iptables"),
+        ),
+    );
     let baseline = std::env::var("REEF_BENCH_BASELINE").ok();
     let base = baseline.as_deref().map(|b| {
         Side::new(
@@ -213,11 +245,11 @@ fn main() {
         )
         .with_plugins_from(b)
     });
-    let mut sides = vec![&reef, &reference];
+    let mut sides = vec![&reef, &reference, &reef_ipt];
     sides.extend(base.as_ref());
     let res1 = compare(&sides, rounds);
     drop(sides);
-    drop((reef, reference, base));
+    drop((reef, reference, reef_ipt, base));
     let reef_pm = Side::new(
         "reefpm",
         d,
@@ -244,6 +276,20 @@ fn main() {
         ),
     )
     .with_cap_args(mapping.clone());
+    let ipt_pm = Side::new(
+        "iptpm",
+        d,
+        firewall_conf(
+            "benchiptpm",
+            d,
+            "reef-bridge",
+            "reef-ipam",
+            "10.217.0.0/16",
+            Some("reef-portmap"),
+            Some("iptables"),
+        ),
+    )
+    .with_cap_args(mapping.clone());
     let base_pm = baseline.as_deref().map(|b| {
         Side::new(
             "basepm",
@@ -260,11 +306,11 @@ fn main() {
         .with_cap_args(mapping.clone())
         .with_plugins_from(b)
     });
-    let mut sides = vec![&reef_pm, &ref_pm];
+    let mut sides = vec![&reef_pm, &ref_pm, &ipt_pm];
     sides.extend(base_pm.as_ref());
     let res2 = compare(&sides, rounds);
     drop(sides);
-    drop((reef_pm, ref_pm, base_pm));
+    drop((reef_pm, ref_pm, ipt_pm, base_pm));
 
     println!("ADD+DEL through libcni, {rounds} rounds per side (two interleaved halves, figures averaged), own pod netns per round");
     println!(
@@ -286,12 +332,15 @@ fn main() {
             &res[1],
         );
         ratio("  ratio reef/reference", &res[0], &res[1]);
-        if let Some(b) = res.get(2) {
+        row(&format!("{reef_label}, \"firewall\": \"iptables\""), &res[2]);
+        ratio("  ratio iptables driver/nftables driver", &res[2], &res[0]);
+        ratio("  ratio iptables driver/reference", &res[2], &res[1]);
+        if let Some(b) = res.get(3) {
             row(&format!("{reef_label} (baseline)"), b);
             ratio("  ratio reef/baseline", &res[0], b);
         }
     }
-    println!("targets: ADD p50 <= 0.20x, DEL p50 <= 0.35x the reference");
+    println!("targets: ADD p50 <= 0.20x, DEL p50 <= 0.35x the reference; iptables driver ADD p50 <= 2x the nftables driver and <= 0.3x the reference");
     let (p50, p90) = reef_run_true(20);
     println!("reef-run -- true (default network, process start to exit): p50 {p50:.1} ms, p90 {p90:.1} ms");
 }
