@@ -235,7 +235,7 @@ impl Section {
 
     pub fn declares(&self, chain: &str) -> bool {
         let decl = format!(":{chain} - [0:0]");
-        self.declared.iter().any(|d| *d == decl)
+        self.declared.contains(&decl)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -36,7 +36,7 @@ pub(crate) fn sync(fw: &mut Iptables, pools: &[NatPool]) -> Result<()> {
     for family in [Family::V4, Family::V6] {
         let (nat, all) = sets(family);
         let of_family = pools.iter().filter(|p| Family::of(&p.cidr.ip()) == family);
-        let every: BTreeSet<String> = of_family.clone().map(|p| cidr(p)).collect();
+        let every: BTreeSet<String> = of_family.clone().map(cidr).collect();
         let natted: BTreeSet<String> = of_family.filter(|p| p.nat_outgoing).map(cidr).collect();
         let opts = format!("hash:net family {}", family.ipset());
         script += &ipset::replace_script(all, &opts, &every);
