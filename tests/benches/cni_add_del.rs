@@ -332,7 +332,10 @@ fn main() {
             &res[1],
         );
         ratio("  ratio reef/reference", &res[0], &res[1]);
-        row(&format!("{reef_label}, \"firewall\": \"iptables\""), &res[2]);
+        row(
+            &format!("{reef_label}, \"firewall\": \"iptables\""),
+            &res[2],
+        );
         ratio("  ratio iptables driver/nftables driver", &res[2], &res[0]);
         ratio("  ratio iptables driver/reference", &res[2], &res[1]);
         if let Some(b) = res.get(3) {

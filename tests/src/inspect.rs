@@ -182,12 +182,18 @@ pub fn remove_masq_member(host: &Netns, network: &str, ip: &str) {
         let v6 = ip.contains(':');
         let set = reef_firewall::iptables::masquerade_set(
             network,
-            if v6 { reef_firewall::iptables::Family::V6 } else { reef_firewall::iptables::Family::V4 },
+            if v6 {
+                reef_firewall::iptables::Family::V6
+            } else {
+                reef_firewall::iptables::Family::V4
+            },
         );
         host.sh_ok(&format!("ipset del {set} {ip}"));
     } else {
         let set = if ip.contains(':') { "pods6" } else { "pods4" };
-        host.sh_ok(&format!("nft delete element inet reef-masq-{network} {set} {{ {ip} }}"));
+        host.sh_ok(&format!(
+            "nft delete element inet reef-masq-{network} {set} {{ {ip} }}"
+        ));
     }
 }
 
@@ -212,21 +218,37 @@ pub fn ipset_members(host: &Netns, set: &str) -> Option<Vec<String>> {
 fn iptables_portmap_elements(host: &Netns) -> Vec<String> {
     let mut out = Vec::new();
     for save in ["iptables-save -t nat", "ip6tables-save -t nat"] {
-        let text = String::from_utf8_lossy(&host.sh(&format!("{save} 2>/dev/null")).stdout).into_owned();
-        for rule in text.lines().filter_map(|l| l.strip_prefix("-A REEF-HOSTPORTS ")) {
+        let text =
+            String::from_utf8_lossy(&host.sh(&format!("{save} 2>/dev/null")).stdout).into_owned();
+        for rule in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("-A REEF-HOSTPORTS "))
+        {
             let w: Vec<&str> = rule.split(' ').collect();
-            let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1)).copied();
-            let (Some(proto), Some(port), Some(to), Some(tag)) =
-                (after("-p"), after("--dport"), after("--to-destination"), after("--comment"))
-            else {
+            let after = |k: &str| {
+                w.iter()
+                    .position(|x| *x == k)
+                    .and_then(|i| w.get(i + 1))
+                    .copied()
+            };
+            let (Some(proto), Some(port), Some(to), Some(tag)) = (
+                after("-p"),
+                after("--dport"),
+                after("--to-destination"),
+                after("--comment"),
+            ) else {
                 continue;
             };
-            let Some((ip, cport)) = to.rsplit_once(':') else { continue };
+            let Some((ip, cport)) = to.rsplit_once(':') else {
+                continue;
+            };
             let ip = ip.trim_start_matches('[').trim_end_matches(']');
             let host_ip = after("-d")
                 .map(|d| format!("{} . ", d.split('/').next().unwrap_or(d)))
                 .unwrap_or_default();
-            out.push(format!("{host_ip}{proto} . {port} comment {tag} : {ip} . {cport}"));
+            out.push(format!(
+                "{host_ip}{proto} . {port} comment {tag} : {ip} . {cport}"
+            ));
         }
     }
     out

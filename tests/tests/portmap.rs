@@ -297,7 +297,11 @@ fn reach_the_pod_from_everywhere(version: &str, octet: u8) {
             .env
             .host
             .sh_ok("ip6tables-save -t nat | grep -- '-A REEF-HOSTPORTS .*--dport 8080 '");
-        let rule = rule.lines().next().unwrap_or_default().replacen("-A ", "-D ", 1);
+        let rule = rule
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .replacen("-A ", "-D ", 1);
         w.env.host.sh_ok(&format!("ip6tables -t nat {rule}"));
     } else {
         w.env.host.sh_ok(&format!(

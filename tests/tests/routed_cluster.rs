@@ -475,7 +475,10 @@ fn pod_egress_to_the_underlay_is_masqueraded_and_pod_to_pod_keeps_the_pod_addres
     // The NAT lives in the node's own namespace: table inet reef-nat, or the iptables
     // driver's pool sets and rule.
     let (what, probe) = if netns_fixtures::firewall::is_iptables() {
-        ("ipset reef-nat4 and its rule", "ipset save reef-nat4 && iptables-save -t nat | grep -q 'reef natOutgoing'")
+        (
+            "ipset reef-nat4 and its rule",
+            "ipset save reef-nat4 && iptables-save -t nat | grep -q 'reef natOutgoing'",
+        )
     } else {
         ("table inet reef-nat", "nft list table inet reef-nat")
     };

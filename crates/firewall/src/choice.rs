@@ -89,7 +89,10 @@ pub fn configured(value: Option<&serde_json::Value>) -> Result<DriverKind> {
 
 /// ADD: the configured driver, made concrete (`auto` decided), recorded for `att` before
 /// anything is programmed (so the cleanup of a failed ADD finds it too).
-pub fn for_add(att: &Attachment<'_>, kind: DriverKind) -> Result<(DriverKind, Box<dyn FirewallDriver>)> {
+pub fn for_add(
+    att: &Attachment<'_>,
+    kind: DriverKind,
+) -> Result<(DriverKind, Box<dyn FirewallDriver>)> {
     let kind = kind.resolve();
     let path = att.path();
     let recorded = std::fs::read_to_string(&path).ok();
@@ -169,7 +172,10 @@ mod tests {
 
     #[test]
     fn the_setting_names_a_driver_or_is_refused_by_field() {
-        assert_eq!(configured(Some(&json!("iptables"))).unwrap(), DriverKind::Iptables);
+        assert_eq!(
+            configured(Some(&json!("iptables"))).unwrap(),
+            DriverKind::Iptables
+        );
         assert_eq!(configured(Some(&json!("auto"))).unwrap(), DriverKind::Auto);
         let e = configured(Some(&json!("ipfw"))).unwrap_err().to_string();
         assert!(e.contains("\"firewall\""), "{e}");
@@ -189,7 +195,10 @@ mod tests {
         };
         for_add(&att, DriverKind::Iptables).unwrap();
         assert_eq!(recorded(&att, DriverKind::Nftables), DriverKind::Iptables);
-        assert_eq!(gc("reef-bridge", "n1", &[("c1".into(), "eth0".into())]), vec![]);
+        assert_eq!(
+            gc("reef-bridge", "n1", &[("c1".into(), "eth0".into())]),
+            vec![]
+        );
         assert_eq!(recorded(&att, DriverKind::Nftables), DriverKind::Iptables);
         forget(&att);
         assert_eq!(recorded(&att, DriverKind::Nftables), DriverKind::Nftables);

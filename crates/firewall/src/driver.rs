@@ -1,7 +1,7 @@
 //! The one driver trait and the factory that picks its implementation.
 
-use crate::nftables::services::{ServiceKey, ServicesApplied};
 use crate::iptables::Iptables;
+use crate::nftables::services::{ServiceKey, ServicesApplied};
 use crate::nftables::Nftables;
 use crate::rules::{Masquerade, NatPool, Owner, PodGuard, PolicyRuleset, PortMapping, ServiceLb};
 use crate::{Error, Result};

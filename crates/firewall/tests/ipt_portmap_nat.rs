@@ -86,7 +86,9 @@ fn port_mappings_are_owned_rules_on_both_backends() {
             let removed = fw.del_port_mappings(&a, Some(&maps_a[..1])).unwrap();
             assert_eq!(removed, maps_a[..1].to_vec());
             assert_eq!(fw.port_mappings().unwrap().len(), 4);
-            let removed = fw.gc_port_mappings("pmnet", &[("ctr-b".into(), "eth0".into())]).unwrap();
+            let removed = fw
+                .gc_port_mappings("pmnet", &[("ctr-b".into(), "eth0".into())])
+                .unwrap();
             assert_eq!(removed.len(), 3, "{removed:?}");
             assert_eq!(fw.port_mappings().unwrap(), maps_b);
             fw.del_port_mappings(&o, None).unwrap();
@@ -103,7 +105,10 @@ fn masquerade_and_nat_outgoing_are_sets_behind_fixed_rules() {
             let mut fw = Iptables::with_backend(b);
             let m = Masquerade {
                 network: "a-network-name-longer-than-an-ipset-name-allows".into(),
-                subnets: vec!["10.22.0.9/24".parse().unwrap(), "fd22::/64".parse().unwrap()],
+                subnets: vec![
+                    "10.22.0.9/24".parse().unwrap(),
+                    "fd22::/64".parse().unwrap(),
+                ],
             };
             let ips = ["10.22.0.5".parse().unwrap(), "fd22::5".parse().unwrap()];
             fw.add_masquerade(&m, &ips).unwrap();
@@ -111,14 +116,23 @@ fn masquerade_and_nat_outgoing_are_sets_behind_fixed_rules() {
             fw.check_masquerade(&m, &ips).unwrap();
             let nat4 = save(b, Family::V4, "nat");
             assert!(nat4.contains("-d 10.22.0.0/24 -j RETURN"), "{nat4}");
-            assert!(nat4.contains("-A POSTROUTING -j REEF-POSTROUTING"), "{nat4}");
+            assert!(
+                nat4.contains("-A POSTROUTING -j REEF-POSTROUTING"),
+                "{nat4}"
+            );
             fw.del_masquerade(&m.network, &ips).unwrap();
             fw.del_masquerade(&m.network, &ips).unwrap();
             assert!(fw.check_masquerade(&m, &ips).is_err());
 
             let pools = [
-                NatPool { cidr: "10.50.0.0/16".parse().unwrap(), nat_outgoing: true },
-                NatPool { cidr: "10.60.0.0/16".parse().unwrap(), nat_outgoing: false },
+                NatPool {
+                    cidr: "10.50.0.0/16".parse().unwrap(),
+                    nat_outgoing: true,
+                },
+                NatPool {
+                    cidr: "10.60.0.0/16".parse().unwrap(),
+                    nat_outgoing: false,
+                },
             ];
             fw.sync_nat_outgoing(&pools).unwrap();
             fw.sync_nat_outgoing(&pools).unwrap();

@@ -26,7 +26,12 @@ fn firewall_kind(args: &CmdArgs) -> Result<DriverKind, CniError> {
 }
 
 fn attachment(args: &CmdArgs) -> Attachment<'_> {
-    Attachment::new("reef-portmap", &args.conf.name, &args.container_id, &args.ifname)
+    Attachment::new(
+        "reef-portmap",
+        &args.conf.name,
+        &args.container_id,
+        &args.ifname,
+    )
 }
 
 fn owner(args: &CmdArgs) -> Owner {
@@ -74,7 +79,8 @@ impl Plugin for PortMap {
         if maps.is_empty() {
             return Ok(prev.clone());
         }
-        let (_, mut fw) = choice::for_add(&attachment(args), firewall_kind(args)?).map_err(fw_err)?;
+        let (_, mut fw) =
+            choice::for_add(&attachment(args), firewall_kind(args)?).map_err(fw_err)?;
         // IPv4 mappings include 127.0.0.1 (no hostIP means every host address).
         let localnet_lock = if maps.iter().any(|m| m.pod_ip.is_ipv4()) {
             let lock = localnet::Lock::take()?;

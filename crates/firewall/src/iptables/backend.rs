@@ -141,7 +141,12 @@ impl Backend {
     /// `iptables-save -t table`: the table's chains and rules, canonical form.
     pub fn save(self, family: Family, table: &str) -> Result<String> {
         let bin = self.binary(family, "save");
-        run(Command::new(&bin).args(["-t", table]), None, &bin, "read rules")
+        run(
+            Command::new(&bin).args(["-t", table]),
+            None,
+            &bin,
+            "read rules",
+        )
     }
 
     /// One `iptables` command (`-C` probes and the like, where one call is what is needed).
@@ -174,10 +179,11 @@ pub(crate) fn run(
             source,
         })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|source| Error::Io {
-            context: format!("write {bin} input"),
-            source,
-        })?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| Error::Io {
+                context: format!("write {bin} input"),
+                source,
+            })?;
     }
     let out = child.wait_with_output().map_err(|source| Error::Io {
         context: format!("wait for {bin}"),
@@ -327,10 +333,7 @@ mod tests {
         let a = chain_name("REEF-SVC-", &["10.96.0.1", "tcp", "80"]);
         assert_eq!(a, chain_name("REEF-SVC-", &["10.96.0.1", "tcp", "80"]));
         assert_ne!(a, chain_name("REEF-SVC-", &["10.96.0.1", "tcp", "81"]));
-        assert_ne!(
-            chain_name("X", &["ab", "c"]),
-            chain_name("X", &["a", "bc"])
-        );
+        assert_ne!(chain_name("X", &["ab", "c"]), chain_name("X", &["a", "bc"]));
         assert!(chain_name("REEF-MASQ-6-XY-", &["x"]).len() <= 28);
     }
 

@@ -120,7 +120,10 @@ pub(crate) fn check(fw: &mut Iptables, m: &Masquerade, pod_ips: &[IpAddr]) -> Re
         }
         let chains = fw.chains(family, "nat")?;
         let c = chain(&m.network, family);
-        if !chains.get(&c).is_some_and(|r| r.iter().any(|r| r == "-j MASQUERADE")) {
+        if !chains
+            .get(&c)
+            .is_some_and(|r| r.iter().any(|r| r == "-j MASQUERADE"))
+        {
             return Err(Error::Check(format!("masquerade chain {c} is missing")));
         }
         if !chains

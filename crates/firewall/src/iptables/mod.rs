@@ -28,8 +28,8 @@ pub use masquerade::set_name as masquerade_set;
 
 use crate::driver::FirewallDriver;
 use crate::rules::{Masquerade, NatPool, Owner, PodGuard, PolicyRuleset, PortMapping, ServiceLb};
-use crate::{ServiceKey, ServicesApplied};
 use crate::Result;
+use crate::{ServiceKey, ServicesApplied};
 use backend::Section;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -168,7 +168,11 @@ pub(crate) fn del_members(lines: &str) -> Result<()> {
     let existing: std::collections::BTreeSet<String> = ipset::names()?.into_iter().collect();
     let kept: String = lines
         .lines()
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|s| existing.contains(s)))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|s| existing.contains(s))
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     ipset::restore(&kept, "remove the pod's addresses")
@@ -316,6 +320,8 @@ impl FirewallDriver for Iptables {
 pub(crate) fn has_tables(fw: &mut Iptables, family: Family) -> Result<bool> {
     match family {
         Family::V4 => Ok(true),
-        Family::V6 => Ok(std::path::Path::new("/proc/net/if_inet6").exists() && fw.backend().is_ok()),
+        Family::V6 => {
+            Ok(std::path::Path::new("/proc/net/if_inet6").exists() && fw.backend().is_ok())
+        }
     }
 }

@@ -79,5 +79,8 @@ pub(crate) fn remove(fw: &mut Iptables) -> Result<()> {
     let (a, b) = sets(Family::V4);
     let (c, d) = sets(Family::V6);
     let names = [a, b, c, d].map(str::to_string);
-    ipset::restore(&ipset::destroy_script(&names), "destroy the natOutgoing sets")
+    ipset::restore(
+        &ipset::destroy_script(&names),
+        "destroy the natOutgoing sets",
+    )
 }

@@ -109,7 +109,11 @@ fn parse(text: &str) -> Option<Installed> {
     }
     let to = to?;
     let (ip, cport) = to.rsplit_once(':')?;
-    let pod_ip: IpAddr = ip.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let pod_ip: IpAddr = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
     Some(Installed {
         tag: tag?,
         map: PortMapping {
@@ -148,7 +152,8 @@ fn taken<'a>(tag: &str, want: &[PortMapping], have: &'a [Installed]) -> Option<&
     have.iter().find(|h| {
         want.iter().any(|m| {
             let same_port = m.host_port == h.map.host_port && m.proto == h.map.proto;
-            let overlap = m.host_ip.is_none() || h.map.host_ip.is_none() || m.host_ip == h.map.host_ip;
+            let overlap =
+                m.host_ip.is_none() || h.map.host_ip.is_none() || m.host_ip == h.map.host_ip;
             let ours = h.tag == tag && h.map == *m;
             same_port && overlap && !ours
         })
@@ -156,7 +161,10 @@ fn taken<'a>(tag: &str, want: &[PortMapping], have: &'a [Installed]) -> Option<&
 }
 
 /// The fixed rules of `family` (once per host: when REEF-HOSTPORTS does not exist).
-fn base(existing: &std::collections::BTreeMap<String, Vec<String>>, family: Family) -> Vec<Section> {
+fn base(
+    existing: &std::collections::BTreeMap<String, Vec<String>>,
+    family: Family,
+) -> Vec<Section> {
     let mut nat = Section::new("nat");
     let mut filter = Section::new("filter");
     let mut mangle = Section::new("mangle");
@@ -185,8 +193,12 @@ fn base(existing: &std::collections::BTreeMap<String, Vec<String>>, family: Fami
         ));
         // route_localnet=1 must not open the host's loopback services to its pods.
         super::ensure_base_chain(existing, &mut filter, "INPUT", INPUT);
-        filter.rule(format!("{INPUT} ! -i lo -d 127.0.0.0/8 -m conntrack --ctstate INVALID -j DROP"));
-        filter.rule(format!("{INPUT} ! -i lo -d 127.0.0.0/8 -m conntrack ! --ctstate DNAT -j DROP"));
+        filter.rule(format!(
+            "{INPUT} ! -i lo -d 127.0.0.0/8 -m conntrack --ctstate INVALID -j DROP"
+        ));
+        filter.rule(format!(
+            "{INPUT} ! -i lo -d 127.0.0.0/8 -m conntrack ! --ctstate DNAT -j DROP"
+        ));
         super::ensure_base_chain(existing, &mut mangle, "PREROUTING", LOCALNET);
         mangle.rule(format!(
             "{LOCALNET} -m conntrack --ctstate DNAT --ctorigsrc 127.0.0.0/8 --ctdir REPLY -j MARK --or-mark 0x{LOCALNET_REPLY_MARK:x}"
@@ -211,7 +223,9 @@ fn route_to(ip: IpAddr) -> Option<(IpNetwork, String)> {
                 if f.len() < 8 {
                     continue;
                 }
-                let (Ok(dst), Ok(mask)) = (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16)) else {
+                let (Ok(dst), Ok(mask)) =
+                    (u32::from_str_radix(f[1], 16), u32::from_str_radix(f[7], 16))
+                else {
                     continue;
                 };
                 // /proc prints the raw network-order word as a native integer.
@@ -229,7 +243,9 @@ fn route_to(ip: IpAddr) -> Option<(IpNetwork, String)> {
                 if f.len() < 10 {
                     continue;
                 }
-                let (Ok(raw), Ok(prefix)) = (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16)) else {
+                let (Ok(raw), Ok(prefix)) =
+                    (u128::from_str_radix(f[0], 16), u8::from_str_radix(f[1], 16))
+                else {
                     continue;
                 };
                 if let Ok(net) = ipnetwork::Ipv6Network::new(raw.into(), prefix) {
@@ -276,7 +292,11 @@ pub(crate) fn add(fw: &mut Iptables, owner: &Owner, maps: &[PortMapping]) -> Res
             .flatten()
             .filter_map(|r| parse(r))
             .collect();
-        let want: Vec<PortMapping> = maps.iter().filter(|m| Family::of(&m.pod_ip) == family).copied().collect();
+        let want: Vec<PortMapping> = maps
+            .iter()
+            .filter(|m| Family::of(&m.pod_ip) == family)
+            .copied()
+            .collect();
         if let Some(h) = taken(&tag, &want, &have) {
             return Err(conflict(&h.map, &h.tag));
         }
@@ -319,7 +339,10 @@ pub(crate) fn del(
 
 /// Deletes every installed mapping `doomed` selects, and the hairpin elements no remaining
 /// mapping needs; what was removed.
-fn remove_where(fw: &mut Iptables, doomed: impl Fn(&Installed) -> bool) -> Result<Vec<PortMapping>> {
+fn remove_where(
+    fw: &mut Iptables,
+    doomed: impl Fn(&Installed) -> bool,
+) -> Result<Vec<PortMapping>> {
     let _lock = super::lock::Lock::take()?;
     let mut removed = Vec::new();
     for family in [Family::V4, Family::V6] {
@@ -340,8 +363,12 @@ fn remove_where(fw: &mut Iptables, doomed: impl Fn(&Installed) -> bool) -> Resul
         if let Some(members) = ipset::members(hairpin_set(family))? {
             let mut script = String::new();
             for e in members {
-                let Some((net, _)) = e.split_once(',') else { continue };
-                let Ok(net) = net.parse::<IpNetwork>() else { continue };
+                let Some((net, _)) = e.split_once(',') else {
+                    continue;
+                };
+                let Ok(net) = net.parse::<IpNetwork>() else {
+                    continue;
+                };
                 if !kept.iter().any(|k| net.contains(k.map.pod_ip)) {
                     script += &format!("del {} {e}\n", hairpin_set(family));
                 }
@@ -357,11 +384,26 @@ pub(crate) fn check(fw: &mut Iptables, owner: &Owner, maps: &[PortMapping]) -> R
     let tag = owner.tag();
     for family in families(maps) {
         let have = installed(fw, family)?;
-        for m in maps.iter().map(|m| m.normalized()).filter(|m| Family::of(&m.pod_ip) == family) {
-            match have.iter().find(|h| h.map.host_port == m.host_port && h.map.proto == m.proto && h.map.host_ip == m.host_ip) {
-                None => return Err(Error::Check(format!("port mapping {m} is missing from {CHAIN}"))),
+        for m in maps
+            .iter()
+            .map(|m| m.normalized())
+            .filter(|m| Family::of(&m.pod_ip) == family)
+        {
+            match have.iter().find(|h| {
+                h.map.host_port == m.host_port
+                    && h.map.proto == m.proto
+                    && h.map.host_ip == m.host_ip
+            }) {
+                None => {
+                    return Err(Error::Check(format!(
+                        "port mapping {m} is missing from {CHAIN}"
+                    )))
+                }
                 Some(h) if h.map != m => {
-                    return Err(Error::Check(format!("port mapping {m} is installed as {}", h.map)))
+                    return Err(Error::Check(format!(
+                        "port mapping {m} is installed as {}",
+                        h.map
+                    )))
                 }
                 Some(h) if h.tag != tag => {
                     return Err(Error::Check(format!(
@@ -387,11 +429,16 @@ fn flush(removed: &[PortMapping], added: &[PortMapping]) -> Result<()> {
     }
     // conntrack is netlink, whatever the iptables backend.
     let mut nl = NfNetlink::open().map_err(crate::nftables::io("open nfnetlink socket"))?;
-    conntrack::flush_flows(&mut nl, &flows).map_err(crate::nftables::io("flush UDP conntrack entries"))?;
+    conntrack::flush_flows(&mut nl, &flows)
+        .map_err(crate::nftables::io("flush UDP conntrack entries"))?;
     Ok(())
 }
 
-pub(crate) fn gc(fw: &mut Iptables, network: &str, valid: &[(String, String)]) -> Result<Vec<PortMapping>> {
+pub(crate) fn gc(
+    fw: &mut Iptables,
+    network: &str,
+    valid: &[(String, String)],
+) -> Result<Vec<PortMapping>> {
     let keep: Vec<String> = valid
         .iter()
         .map(|(cid, ifname)| {
@@ -403,7 +450,9 @@ pub(crate) fn gc(fw: &mut Iptables, network: &str, valid: &[(String, String)]) -
             .tag()
         })
         .collect();
-    let removed = remove_where(fw, |i| tag_in_network(&i.tag, network) && !keep.contains(&i.tag))?;
+    let removed = remove_where(fw, |i| {
+        tag_in_network(&i.tag, network) && !keep.contains(&i.tag)
+    })?;
     flush(&removed, &[])?;
     Ok(removed)
 }
