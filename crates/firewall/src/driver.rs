@@ -182,7 +182,7 @@ pub fn driver(kind: DriverKind) -> Box<dyn FirewallDriver> {
 }
 
 /// Whether nf_tables answers here (a table query succeeds, whatever its answer).
-fn nftables_available() -> bool {
+pub(crate) fn nftables_available() -> bool {
     crate::nfnetlink::NfNetlink::open()
         .and_then(|mut nl| nl.table_exists(crate::nftables::NFPROTO_INET, "reef-probe"))
         .is_ok()

@@ -37,8 +37,10 @@ fn ipset_save() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ebtables_save() -> String {
-    let out = std::process::Command::new("ebtables-nft-save")
+/// The bridge layer: the nftables `bridge reef-guard` table the driver fills.
+fn bridge_layer() -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "table", "bridge", "reef-guard"])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -145,18 +147,18 @@ fn held_pods_pass_nothing_until_released() {
                 c.ping("10.41.0.3"),
                 "{b:?}: released, bridged\n{}\n{}\n{}",
                 ipset_save(),
-                ebtables_save(),
+                bridge_layer(),
                 b.save(reef_firewall::iptables::Family::V4, "filter")
                     .unwrap()
             );
             assert!(host.ping("10.41.0.3"), "{b:?}: released, from the host");
             // The bridge pod's anti-spoofing stayed.
-            assert!(ebtables_save().contains(&format!("-i {IF_D} -j REEF-BP-")));
+            assert!(bridge_layer().contains(&format!("\"{IF_D}\"")));
             // A hold undone by DEL without addresses (an ADD that failed before IPAM).
             assert!(fw.hold_new_pod(IF_E, "prod").unwrap());
             fw.del_pod_guard(IF_E, &[], None).unwrap();
             assert!(!ipset_save().contains(IF_E));
-            assert!(!ebtables_save().contains(IF_E));
+            assert!(!bridge_layer().contains(IF_E));
             fw.remove_policy().unwrap();
         });
     }
@@ -213,11 +215,11 @@ fn bridged_pods_are_guarded_at_the_bridge_and_networks_isolated() {
             // DEL removes the port's bridge chain and the masquerade member.
             fw.del_pod_guard(IF_C, &ips, Some("bridge-net")).unwrap();
             assert!(fw.check_masquerade(&m, &ips).is_err());
-            assert!(!ebtables_save().contains(IF_C), "{}", ebtables_save());
+            assert!(!bridge_layer().contains(IF_C), "{}", bridge_layer());
             assert!(c.ping_from("10.41.0.99", "10.41.0.3"), "{b:?}: after DEL");
             fw.gc_pod_guards(&[IF_D.to_string(), IF_E.to_string()])
                 .unwrap();
-            let (sets, eb) = (ipset_save(), ebtables_save());
+            let (sets, eb) = (ipset_save(), bridge_layer());
             assert!(!sets.contains(IF_D) && !eb.contains(IF_D), "{sets}\n{eb}");
         });
     }

@@ -6,7 +6,7 @@
 //! so rules installed through the wrong one are silently bypassed or reordered
 //! (kubernetes#71305). Reef follows the backend the host's other software already uses:
 //! the one whose ruleset holds more rules, nft on a tie (Debian's default), legacy when
-//! nf_tables is unusable. `REEF_IPTABLES_BACKEND=nft|legacy` overrides the detection.
+//! nf_tables is unusable; nft at once when no legacy table exists in the namespace. `REEF_IPTABLES_BACKEND=nft|legacy` overrides the detection.
 
 use crate::{Error, Result};
 use std::io::Write;
@@ -93,6 +93,15 @@ impl Backend {
             if !v.trim().is_empty() {
                 return Backend::parse(&v).ok_or(Error::UnknownBackend(v));
             }
+        }
+        // Fast path: no legacy table was ever used in this network namespace (the kernel
+        // lists the x_tables it has instantiated here), so nothing can be in legacy rules:
+        // nft, when nf_tables answers. Saves four save processes per plugin call.
+        let legacy_unused = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+            .iter()
+            .all(|p| std::fs::read_to_string(p).map_or(true, |t| t.trim().is_empty()));
+        if legacy_unused && crate::driver::nftables_available() {
+            return Ok(Backend::Nft);
         }
         let count = |b: Backend| -> Option<usize> {
             let mut n = 0;

@@ -14,31 +14,29 @@
 //!   REEF-GUARD: pending src,src / dst,dst DROP; -j REEF-ISOLATE
 //!   REEF-ISOLATE, per isolated bridge B (bridges are few):
 //!     -i B ! -o B -m set --match-set reef-gbr4 dst,dst -j DROP (and the reverse)
-//! ebtables-nft *filter (bridged frames): INPUT -j REEF-BIN, FORWARD -j REEF-BFWD,
-//!   OUTPUT -j REEF-BOUT; per bridge pod -i PORT -j REEF-BP-<hash> (its sources RETURN,
-//!   other IPv4/IPv6 DROP); per held pod -i/-o PORT -j DROP
+//! nftables `bridge reef-guard` (bridged frames): the nftables driver's bridge table,
+//!   its pod-ifaces / pod-sources / pending elements, over netlink
 //! ```
 //!
-//! Bridged frames: ebtables-nft, not br_netfilter. A port cannot be matched through a set:
-//! xt_set never looks up with the physdev flag (iptables has no option to ask for it), so
-//! `physdev:` elements of `hash:net,iface` never match (tried here, kernel 6.18), and
-//! br_netfilter would need one `-m physdev` rule per pod in each of iptables and ip6tables
-//! (two restores per ADD). It also cannot see a bridged frame the host sends or routes to a
-//! port (OUTPUT and routed FORWARD only know the bridge), which a hold must drop, and it
-//! is a host-wide setting. ebtables-nft hooks the bridge itself, as the nftables driver's
-//! `bridge` table does: one restore covers both families, whatever br_netfilter says. The
-//! price: a bridge pod's ADD is one `ipset restore` and one `ebtables-nft-restore`, and the
-//! bridge part needs nf_tables (there is no ebtables-legacy); a routed pod's ADD is the one
-//! `ipset restore`.
+//! Bridged frames never reach iptables, and br_netfilter does not help: xt_set never looks
+//! up with the physdev flag (iptables has no option to ask for it), so `physdev:` elements
+//! of `hash:net,iface` never match (tried here, kernel 6.18); `-m physdev` would need one
+//! rule per pod in iptables and ip6tables, cannot see frames the host sends or routes to a
+//! port (which a hold must drop) and needs a host-wide setting. So bridge ports are guarded
+//! at the bridge hooks, in the nftables driver's `bridge reef-guard` table: element changes
+//! in one netlink batch, no process. A first version used ebtables-nft chains per port
+//! (the same kernel subsystem, nf_tables: there is no ebtables-legacy here); each
+//! `ebtables-nft-restore` committed and then waited out an RCU grace period on exit, which
+//! cost 5-15 ms of every bridge pod's ADD and DEL. A routed pod's ADD is one `ipset
+//! restore`; a bridge pod's adds one netlink batch.
 
-use super::backend::{chain_name, comment, run, Family, Section};
+use super::backend::{chain_name, comment, Family, Section};
 use super::{ipset, Iptables};
 use crate::nftables::guard::namespace_tag;
 use crate::rules::{BridgeIsolation, Masquerade, PodGuard};
 use crate::Result;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::process::Command;
 
 /// filter FORWARD's one jump target: the guard, then the policy.
 pub(crate) const FORWARD: &str = "REEF-FORWARD";
@@ -48,13 +46,6 @@ pub(crate) const ISOLATE: &str = "REEF-ISOLATE";
 pub(crate) const POLICY: &str = "REEF-POLICY";
 const ANTISPOOF: &str = "REEF-ANTISPOOF";
 const NAMESPACES: &str = "reef-gns";
-
-/// The bridge-layer chains: (built-in chain, Reef's chain).
-const EB_BASE: [(&str, &str); 3] = [
-    ("INPUT", "REEF-BIN"),
-    ("FORWARD", "REEF-BFWD"),
-    ("OUTPUT", "REEF-BOUT"),
-];
 
 fn set(base: &str, family: Family) -> String {
     match family {
@@ -73,10 +64,6 @@ fn any_on(family: Family, iface: &str) -> String {
 fn marker(b: &BridgeIsolation, isolated: bool) -> String {
     let prefix = if isolated { "reef-gi-" } else { "reef-gn-" };
     chain_name(prefix, &[&b.name])
-}
-
-fn pod_chain(iface: &str) -> String {
-    chain_name("REEF-BP-", &[iface])
 }
 
 const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
@@ -209,7 +196,7 @@ fn member_lines(g: &PodGuard) -> String {
 
 /// A pod's guard (and with `masquerade` its network's masquerade members): one `ipset
 /// restore` when the rules exist; a bridge pod adds its bridge-layer chain (one
-/// `ebtables-nft-restore`).
+/// netlink batch in the bridge table).
 pub(crate) fn add_pod(
     fw: &mut Iptables,
     g: &PodGuard,
@@ -230,126 +217,9 @@ pub(crate) fn add_pod(
         }
     })?;
     if g.bridge.is_some() {
-        eb_add(
-            &bridge_pod_script(&g.iface, &g.ips),
-            "add the pod's bridge guard",
-        )?;
+        crate::nftables::guard::bridge_add(fw.bridge_socket()?, &g.iface, &g.ips)?;
     }
     Ok(())
-}
-
-/// The bridge-layer anti-spoofing of one port: its chain (declaring it empties it, so a
-/// repeated ADD leaves one copy) and the jumps to it for frames entering from the port.
-fn bridge_pod_script(iface: &str, ips: &[IpAddr]) -> String {
-    let c = pod_chain(iface);
-    let mut s = format!("*filter\n:{c} RETURN\n");
-    for ip in ips.iter().filter(|i| i.is_ipv4()) {
-        s += &format!("-A {c} -p IPv4 --ip-src {ip} -j RETURN\n");
-    }
-    s += &format!("-A {c} -p IPv4 -j DROP\n");
-    for allowed in ["::/128", "fe80::/10"] {
-        s += &format!("-A {c} -p IPv6 --ip6-src {allowed} -j RETURN\n");
-    }
-    for ip in ips.iter().filter(|i| i.is_ipv6()) {
-        s += &format!("-A {c} -p IPv6 --ip6-src {ip} -j RETURN\n");
-    }
-    s += &format!("-A {c} -p IPv6 -j DROP\n");
-    for chain in ["REEF-BIN", "REEF-BFWD"] {
-        s += &format!("-A {chain} -i {iface} -j {c}\n");
-    }
-    s + "COMMIT\n"
-}
-
-fn eb_restore(script: &str, context: &str) -> Result<()> {
-    run(
-        Command::new("ebtables-nft-restore").arg("--noflush"),
-        Some(script),
-        "ebtables-nft-restore",
-        context,
-    )
-    .map(|_| ())
-}
-
-/// Reef's bridge-layer rules (`-A REEF-B... ...`) and chains, from `ebtables-nft-save`.
-fn eb_state() -> Result<(BTreeSet<String>, Vec<String>)> {
-    let out = run(
-        &mut Command::new("ebtables-nft-save"),
-        None,
-        "ebtables-nft-save",
-        "read the bridge guard",
-    )?;
-    let mut table = "";
-    let (mut chains, mut rules) = (BTreeSet::new(), Vec::new());
-    for line in out.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = if t.trim() == "filter" { "filter" } else { "" };
-        } else if table == "filter" {
-            if let Some(decl) = line.strip_prefix(':') {
-                let name = decl.split_whitespace().next().unwrap_or_default();
-                chains.insert(name.to_string());
-            } else if line.starts_with("-A ") && line.contains("REEF-B") {
-                rules.push(line.to_string());
-            }
-        }
-    }
-    Ok((chains, rules))
-}
-
-/// Applies `script`; when that fails (the base chains are missing), creates them and
-/// tries once more.
-fn eb_add(script: &str, context: &str) -> Result<()> {
-    if eb_restore(script, context).is_ok() {
-        return Ok(());
-    }
-    let _lock = super::lock::Lock::take()?;
-    let (chains, rules) = eb_state()?;
-    let mut base = String::from("*filter\n");
-    for (builtin, chain) in EB_BASE {
-        if !chains.contains(chain) {
-            base += &format!(":{chain} RETURN\n");
-        }
-        if !rules
-            .iter()
-            .any(|r| *r == format!("-A {builtin} -j {chain}"))
-        {
-            base += &format!("-I {builtin} 1 -j {chain}\n");
-        }
-    }
-    eb_restore(&(base + "COMMIT\n"), "create the bridge guard chains")?;
-    eb_restore(script, context)
-}
-
-/// Deletes the bridge-layer rules naming `ifaces` (all, or only the holds' DROPs) and, for
-/// all, their pods' chains. Nothing when ebtables-nft cannot be read: then nothing was
-/// ever added through it.
-fn eb_forget(ifaces: &[String], holds_only: bool) -> Result<()> {
-    let Ok((chains, rules)) = eb_state() else {
-        return Ok(());
-    };
-    let mut s = String::from("*filter\n");
-    let mut any = false;
-    for iface in ifaces {
-        let c = pod_chain(iface);
-        let gone = !holds_only && chains.contains(&c);
-        if gone {
-            s += &format!(":{c} RETURN\n");
-        }
-        for r in &rules {
-            let names = names_iface(r, iface);
-            if names && (!holds_only || r.ends_with("-j DROP")) {
-                s += &format!("-D {}\n", &r[3..]);
-                any = true;
-            }
-        }
-        if gone {
-            s += &format!("-X {c}\n");
-            any = true;
-        }
-    }
-    if !any {
-        return Ok(());
-    }
-    eb_restore(&(s + "COMMIT\n"), "remove the pods' bridge guard")
 }
 
 /// Holds `iface` when `namespace` has a policy (as this host's agent last said); whether
@@ -365,17 +235,12 @@ pub(crate) fn hold(fw: &mut Iptables, iface: &str, namespace: &str) -> Result<bo
         .collect();
     super::add_members(fw, &lines, ensure)?;
     // The pod's port is not known to be a bridge's yet: hold it at the bridge layer too.
-    let mut eb = String::from("*filter\n");
-    eb += &format!("-A REEF-BIN -i {iface} -j DROP\n");
-    eb += &format!("-A REEF-BFWD -i {iface} -j DROP\n");
-    eb += &format!("-A REEF-BFWD -o {iface} -j DROP\n");
-    eb += &format!("-A REEF-BOUT -o {iface} -j DROP\n");
-    eb_add(&(eb + "COMMIT\n"), "hold the new pod")?;
+    crate::nftables::guard::bridge_hold(fw.bridge_socket()?, iface)?;
     Ok(true)
 }
 
 /// Releases held pods (their policy is in place); missing holds are fine.
-pub(crate) fn release(_fw: &mut Iptables, ifaces: &[String]) -> Result<()> {
+pub(crate) fn release(fw: &mut Iptables, ifaces: &[String]) -> Result<()> {
     if ifaces.is_empty() {
         return Ok(());
     }
@@ -386,7 +251,7 @@ pub(crate) fn release(_fw: &mut Iptables, ifaces: &[String]) -> Result<()> {
         }
     }
     super::del_members(&lines)?;
-    eb_forget(ifaces, true)
+    crate::nftables::guard::bridge_release(fw.bridge_socket()?, ifaces)
 }
 
 /// Makes the namespaces' set hold exactly the tags of `namespaces` (one atomic swap).
@@ -426,12 +291,12 @@ pub(crate) fn del_pod(
         lines += &super::masquerade::member_lines(network, ips, false);
     }
     super::del_members(&lines)?;
-    eb_forget(&[iface.to_string()], false)
+    crate::nftables::guard::bridge_del(fw.bridge_socket()?, iface, ips)
 }
 
 /// Removes every member and bridge-layer rule of `ifaces`, read back from the kernel (GC,
 /// and a DEL that no longer knows the pod's addresses).
-pub(crate) fn forget_ifaces(_fw: &mut Iptables, ifaces: &[String]) -> Result<()> {
+pub(crate) fn forget_ifaces(fw: &mut Iptables, ifaces: &[String]) -> Result<()> {
     if ifaces.is_empty() {
         return Ok(());
     }
@@ -452,7 +317,7 @@ pub(crate) fn forget_ifaces(_fw: &mut Iptables, ifaces: &[String]) -> Result<()>
         }
     }
     super::del_members(&lines)?;
-    eb_forget(ifaces, false)
+    crate::nftables::guard::bridge_forget(fw.bridge_socket()?, ifaces)
 }
 
 #[cfg(test)]
@@ -460,25 +325,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_fit_ipset_and_ebtables() {
+    fn names_fit_ipset() {
         let b = BridgeIsolation {
             name: "reef-bridge-x".into(),
             isolated: true,
         };
         assert!(marker(&b, true).len() < ipset::NAME_MAX);
         assert_ne!(marker(&b, true), marker(&b, false));
-        assert!(pod_chain("reef0123456789a").len() <= 31);
-    }
-
-    #[test]
-    fn bridge_pods_allow_only_their_sources() {
-        let ips: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
-        let s = bridge_pod_script("reefa", &ips);
-        let c = pod_chain("reefa");
-        assert!(s.contains(&format!("-A {c} -p IPv4 --ip-src 10.0.0.5 -j RETURN\n")));
-        assert!(s.contains(&format!("-A {c} -p IPv6 --ip6-src fd00::5 -j RETURN\n")));
-        assert!(s.contains(&format!("-A REEF-BFWD -i reefa -j {c}\n")));
-        assert!(s.find("IPv4 -j DROP") > s.find("--ip-src 10.0.0.5"));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub(crate) const POSTROUTING: &str = "REEF-POSTROUTING";
 #[derive(Default)]
 pub struct Iptables {
     backend: Option<Backend>,
+    /// The bridge layer of pod guards (nftables' `bridge reef-guard`, see `guard`).
+    bridge: crate::nftables::Nftables,
     services: services::ServicesState,
     policy: policy::PolicyState,
 }
@@ -62,6 +64,11 @@ impl Iptables {
             backend: Some(backend),
             ..Iptables::default()
         }
+    }
+
+    /// The netlink socket of the bridge layer (opened on first use).
+    pub(crate) fn bridge_socket(&mut self) -> Result<&mut crate::nfnetlink::NfNetlink> {
+        self.bridge.socket()
     }
 
     pub fn backend(&mut self) -> Result<Backend> {
@@ -308,11 +315,14 @@ impl FirewallDriver for Iptables {
         res
     }
 
-    /// Nothing to close: every step is a finished process.
-    fn close_in_background(self: Box<Self>) {}
+    /// Every iptables step is a finished process; only the bridge layer's socket is left.
+    fn close_in_background(self: Box<Self>) {
+        self.bridge.close_in_background()
+    }
 
     fn close_flushing_conntrack(self: Box<Self>, removed: &[PortMapping], added: &[PortMapping]) {
-        portmap::flush_in_background(removed, added)
+        portmap::flush_in_background(removed, added);
+        self.bridge.close_in_background()
     }
 }
 

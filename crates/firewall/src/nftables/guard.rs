@@ -421,6 +421,93 @@ pub(crate) fn del_pod(
         .map_err(io("remove the pod's guard and masquerade elements"))
 }
 
+/// The bridge table alone, for the iptables driver: bridged frames never reach iptables
+/// (see `iptables::guard`), so bridge ports are guarded here, in Reef's own `bridge
+/// reef-guard` table, one netlink batch per change. Adds a pod's interface and sources.
+pub(crate) fn bridge_add(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result<()> {
+    ensure(nl)?;
+    let ifaces = [Key(ifname_key(iface).to_vec())];
+    let (v4, v6) = source_keys(iface, ips);
+    let changes = pod_changes(&ifaces, &v4, &v6, true);
+    in_both(nl, &changes, &[], Vec::new()).map_err(io("add the pod's bridge guard"))
+}
+
+/// Holds `iface` at the bridge layer (iptables driver).
+pub(crate) fn bridge_hold(nl: &mut NfNetlink, iface: &str) -> Result<()> {
+    ensure(nl)?;
+    let key = [Key(ifname_key(iface).to_vec())];
+    let add = [ElemChange::Add {
+        set: "pending",
+        elems: &key[..],
+        exclusive: false,
+    }];
+    in_both(nl, &add, &[], Vec::new()).map_err(io("hold the new pod at the bridge"))
+}
+
+/// Releases held pods at the bridge layer (iptables driver); missing ones are fine.
+pub(crate) fn bridge_release(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()> {
+    if ifaces.is_empty() || !bridge_table_exists(nl)? {
+        return Ok(());
+    }
+    let keys: Vec<Key> = ifaces.iter().map(|i| Key(ifname_key(i).to_vec())).collect();
+    let destroy = [ElemChange::Destroy {
+        set: "pending",
+        elems: &keys[..],
+    }];
+    in_both(nl, &destroy, &[], Vec::new()).map_err(io("release held pods at the bridge"))
+}
+
+/// Removes a pod's bridge-layer elements and hold (iptables driver; idempotent). Without
+/// `ips`, whatever the table holds for `iface`.
+pub(crate) fn bridge_del(nl: &mut NfNetlink, iface: &str, ips: &[IpAddr]) -> Result<()> {
+    if !bridge_table_exists(nl)? {
+        return Ok(());
+    }
+    if ips.is_empty() {
+        return bridge_forget(nl, &[iface.to_string()]);
+    }
+    let ifaces = [Key(ifname_key(iface).to_vec())];
+    let (v4, v6) = source_keys(iface, ips);
+    let mut changes = pod_changes(&ifaces, &v4, &v6, false);
+    changes.push(ElemChange::Destroy {
+        set: "pending",
+        elems: &ifaces,
+    });
+    in_both(nl, &changes, &[], Vec::new()).map_err(io("remove the pod's bridge guard"))
+}
+
+/// Removes every bridge-layer element of `ifaces`, read back (iptables driver's GC).
+pub(crate) fn bridge_forget(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()> {
+    if ifaces.is_empty() || !bridge_table_exists(nl)? {
+        return Ok(());
+    }
+    let names: Vec<[u8; 16]> = ifaces.iter().map(|i| ifname_key(i)).collect();
+    let mut msgs = Vec::new();
+    for set in ["pod-ifaces", "pending", "pod-sources", "pod-sources6"] {
+        let stale: Vec<Key> = nl
+            .dump_elements(NFPROTO_BRIDGE, TABLE, set)
+            .map_err(io("read the bridge guard elements"))?
+            .into_iter()
+            .filter(|e| e.key.len() >= 16 && names.iter().any(|n| e.key[..16] == n[..]))
+            .map(|e| Key(e.key))
+            .collect();
+        if !stale.is_empty() {
+            msgs.extend(elem_requests(
+                NFPROTO_BRIDGE,
+                TABLE,
+                &[ElemChange::Destroy { set, elems: &stale }],
+            ));
+        }
+    }
+    nl.transaction(msgs)
+        .map_err(io("remove stale bridge guard elements"))
+}
+
+fn bridge_table_exists(nl: &mut NfNetlink) -> Result<bool> {
+    nl.table_exists(NFPROTO_BRIDGE, TABLE)
+        .map_err(io("query nftables"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
