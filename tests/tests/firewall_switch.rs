@@ -24,15 +24,12 @@ fn conf(env: &HostWithPods, firewall: &str) -> Value {
 /// or `ip` (the `bridge reef-guard` table is both drivers' bridge layer: not counted).
 fn nft_state(env: &HostWithPods, veth: &str, ip: &str) -> Vec<String> {
     let mut found = Vec::new();
-    for family in ["inet"] {
-        let out = env
-            .host
-            .run("nft", ["list", "table", family, "reef-guard"])
-            .expect("nft");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains(veth) {
-            found.push(format!("{family} reef-guard holds {veth}"));
-        }
+    let out = env
+        .host
+        .run("nft", ["list", "table", "inet", "reef-guard"])
+        .expect("nft");
+    if String::from_utf8_lossy(&out.stdout).contains(veth) {
+        found.push(format!("inet reef-guard holds {veth}"));
     }
     if nft_set(&env.host, "reef-masq-swnet", "pods4")
         .unwrap_or_default()
