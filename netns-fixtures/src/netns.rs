@@ -112,6 +112,12 @@ impl Netns {
         // A simulated host's namespace is named after it (`h1-<pid>-<n>`).
         let host = self.name.split('-').next().unwrap_or_default();
         cmd.env(crate::firewall::DRIVER_ENV, crate::firewall::for_host(host));
+        // The plugins' firewall records and Reef's iptables lock: the namespace's own, removed
+        // with it, never the host's /run/reef/firewall.
+        let state = self.state_dir();
+        cmd.env("REEF_FIREWALL_STATE_DIR", state.join("firewall"))
+            .env("REEF_IPTABLES_LOCK", state.join("iptables.lock"));
+        let _ = std::fs::create_dir_all(&state);
         match self.open() {
             Ok(file) => {
                 // SAFETY: the closure only makes the setns(2) syscall on an fd opened before
@@ -226,8 +232,18 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Per-namespace state of the programs a test runs in it (removed on drop).
+    fn state_dir(&self) -> PathBuf {
+        std::env::temp_dir()
+            .join("reef-netns-state")
+            .join(&self.name)
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdin(Stdio::null())
