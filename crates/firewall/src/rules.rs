@@ -150,6 +150,22 @@ impl ServiceLb {
     }
 }
 
+/// The endpoints of `old` that `now` (`None`: the service port is gone) no longer has, with
+/// the port's key: whose UDP conntrack entries (and affinity) must go, in either driver.
+pub(crate) fn removed_endpoints(
+    key: (IpAddr, Proto, u16),
+    old: &ServiceLb,
+    now: Option<&ServiceLb>,
+) -> Vec<((IpAddr, Proto, u16), LbEndpoint)> {
+    old.endpoints
+        .iter()
+        .filter(|e| {
+            now.is_none_or(|n| !n.endpoints.iter().any(|x| x.ip == e.ip && x.port == e.port))
+        })
+        .map(|e| (key, *e))
+        .collect()
+}
+
 /// The attachment a mapping belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -177,6 +193,21 @@ fn fnv64(parts: &[&str]) -> u64 {
 }
 
 impl Owner {
+    /// The tags of `network`'s attachments in `valid` (containerID, ifname): what a GC keeps.
+    pub(crate) fn tags_of(network: &str, valid: &[(String, String)]) -> Vec<String> {
+        valid
+            .iter()
+            .map(|(cid, ifname)| {
+                Owner {
+                    network: network.to_string(),
+                    container_id: cid.clone(),
+                    ifname: ifname.clone(),
+                }
+                .tag()
+            })
+            .collect()
+    }
+
     /// The element comment: `<network>/<containerID>/<ifname>` (none of the three may hold a
     /// `/`), or `#<hash of network>/<hash of containerID and ifname>` when that is too long.
     pub fn tag(&self) -> String {

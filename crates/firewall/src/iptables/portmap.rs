@@ -439,17 +439,7 @@ pub(crate) fn gc(
     network: &str,
     valid: &[(String, String)],
 ) -> Result<Vec<PortMapping>> {
-    let keep: Vec<String> = valid
-        .iter()
-        .map(|(cid, ifname)| {
-            Owner {
-                network: network.to_string(),
-                container_id: cid.clone(),
-                ifname: ifname.clone(),
-            }
-            .tag()
-        })
-        .collect();
+    let keep = Owner::tags_of(network, valid);
     let removed = remove_where(fw, |i| {
         tag_in_network(&i.tag, network) && !keep.contains(&i.tag)
     })?;

@@ -554,7 +554,7 @@ impl ServicesState {
 
         let gone: Vec<(ServiceKey, LbEndpoint)> = before
             .iter()
-            .flat_map(|(k, old)| removed_endpoints(*k, old, self.programmed.get(k)))
+            .flat_map(|(k, old)| crate::rules::removed_endpoints(*k, old, self.programmed.get(k)))
             .collect();
         forget_endpoints(&gone);
         Ok(ServicesApplied {
@@ -596,7 +596,7 @@ impl ServicesState {
                 continue;
             }
             if let Some(old) = old {
-                gone.extend(removed_endpoints(k, old, new.as_ref()));
+                gone.extend(crate::rules::removed_endpoints(k, old, new.as_ref()));
             }
             let ro = old.map(render).unwrap_or_default();
             let rn = new.as_ref().map(render).unwrap_or_default();
@@ -710,20 +710,6 @@ impl ServicesState {
         let names: Vec<String> = set_specs().iter().map(|(s, _)| s.to_string()).collect();
         ipset::restore(&ipset::destroy_script(&names), "destroy the services sets")
     }
-}
-
-fn removed_endpoints(
-    key: ServiceKey,
-    old: &ServiceLb,
-    now: Option<&ServiceLb>,
-) -> Vec<(ServiceKey, LbEndpoint)> {
-    old.endpoints
-        .iter()
-        .filter(|e| {
-            now.is_none_or(|n| !n.endpoints.iter().any(|x| x.ip == e.ip && x.port == e.port))
-        })
-        .map(|e| (key, *e))
-        .collect()
 }
 
 /// After endpoints left: their UDP conntrack entries (a flow would keep reaching the old

@@ -361,9 +361,14 @@ pub(crate) fn forget_ifaces(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()>
     {
         return Ok(());
     }
+    forget_in(nl, &[NFPROTO_INET, NFPROTO_BRIDGE], ifaces)
+}
+
+/// Deletes, in one transaction, every pod-set element of `ifaces` in the `families` tables.
+fn forget_in(nl: &mut NfNetlink, families: &[u8], ifaces: &[String]) -> Result<()> {
     let names: Vec<[u8; 16]> = ifaces.iter().map(|i| ifname_key(i)).collect();
     let mut msgs = Vec::new();
-    for family in [NFPROTO_INET, NFPROTO_BRIDGE] {
+    for &family in families {
         for set in ["pod-ifaces", "pending", "pod-sources", "pod-sources6"] {
             let stale: Vec<Key> = nl
                 .dump_elements(family, TABLE, set)
@@ -481,26 +486,7 @@ pub(crate) fn bridge_forget(nl: &mut NfNetlink, ifaces: &[String]) -> Result<()>
     if ifaces.is_empty() || !bridge_table_exists(nl)? {
         return Ok(());
     }
-    let names: Vec<[u8; 16]> = ifaces.iter().map(|i| ifname_key(i)).collect();
-    let mut msgs = Vec::new();
-    for set in ["pod-ifaces", "pending", "pod-sources", "pod-sources6"] {
-        let stale: Vec<Key> = nl
-            .dump_elements(NFPROTO_BRIDGE, TABLE, set)
-            .map_err(io("read the bridge guard elements"))?
-            .into_iter()
-            .filter(|e| e.key.len() >= 16 && names.iter().any(|n| e.key[..16] == n[..]))
-            .map(|e| Key(e.key))
-            .collect();
-        if !stale.is_empty() {
-            msgs.extend(elem_requests(
-                NFPROTO_BRIDGE,
-                TABLE,
-                &[ElemChange::Destroy { set, elems: &stale }],
-            ));
-        }
-    }
-    nl.transaction(msgs)
-        .map_err(io("remove stale bridge guard elements"))
+    forget_in(nl, &[NFPROTO_BRIDGE], ifaces)
 }
 
 fn bridge_table_exists(nl: &mut NfNetlink) -> Result<bool> {

@@ -430,17 +430,7 @@ impl Ops {
         network: &str,
         valid: &[(String, String)],
     ) -> Result<Vec<PortMapping>> {
-        let keep: Vec<String> = valid
-            .iter()
-            .map(|(cid, ifname)| {
-                Owner {
-                    network: network.to_string(),
-                    container_id: cid.clone(),
-                    ifname: ifname.clone(),
-                }
-                .tag()
-            })
-            .collect();
+        let keep = Owner::tags_of(network, valid);
         let mut victims: Vec<(Map, Elem)> = Vec::new();
         for m in Map::ALL {
             let elems = nl

@@ -538,7 +538,7 @@ impl ServicesState {
             .iter()
             .flat_map(|(k, old)| {
                 let now = self.programmed.get(k);
-                removed_endpoints(*k, old, now)
+                crate::rules::removed_endpoints(*k, old, now)
             })
             .collect();
         self.forget_endpoints(nl, &gone);
@@ -565,7 +565,7 @@ impl ServicesState {
         let mut gone = Vec::new();
         for (k, lb) in changed {
             if let Some(old) = self.programmed.get(k) {
-                gone.extend(removed_endpoints(*k, old, lb.as_ref()));
+                gone.extend(crate::rules::removed_endpoints(*k, old, lb.as_ref()));
             }
             slots.extend(self.own(*k, lb.as_ref()));
         }
@@ -668,20 +668,6 @@ fn keep_slots(prev: Option<&ServiceLb>, new: &ServiceLb) -> ServiceLb {
         endpoints: order,
         ..new.clone()
     }
-}
-
-fn removed_endpoints(
-    key: ServiceKey,
-    old: &ServiceLb,
-    now: Option<&ServiceLb>,
-) -> Vec<(ServiceKey, LbEndpoint)> {
-    old.endpoints
-        .iter()
-        .filter(|e| {
-            now.is_none_or(|n| !n.endpoints.iter().any(|x| x.ip == e.ip && x.port == e.port))
-        })
-        .map(|e| (key, *e))
-        .collect()
 }
 
 #[cfg(test)]
