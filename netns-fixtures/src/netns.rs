@@ -109,15 +109,7 @@ impl Netns {
     /// [`Netns::cmd_with_sysfs`] for a program that reads `/sys/class/net`.
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        // A simulated host's namespace is named after it (`h1-<pid>-<n>`).
-        let host = self.name.split('-').next().unwrap_or_default();
-        cmd.env(crate::firewall::DRIVER_ENV, crate::firewall::for_host(host));
-        // The plugins' firewall records and Reef's iptables lock: the namespace's own, removed
-        // with it, never the host's /run/reef/firewall.
-        let state = self.state_dir();
-        cmd.env("REEF_FIREWALL_STATE_DIR", state.join("firewall"))
-            .env("REEF_IPTABLES_LOCK", state.join("iptables.lock"));
-        let _ = std::fs::create_dir_all(&state);
+        cmd.envs(self.program_env());
         match self.open() {
             Ok(file) => {
                 // SAFETY: the closure only makes the setns(2) syscall on an fd opened before
@@ -233,6 +225,25 @@ impl Netns {
 }
 
 impl Netns {
+    /// What every program started in the namespace gets in its environment (`cmd` sets it;
+    /// a test that clears a command's environment puts it back with `envs`): the firewall
+    /// driver under test and, so nothing lands in the host's /run/reef/firewall, the
+    /// plugins' firewall records and Reef's iptables lock in a directory of the namespace.
+    pub fn program_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        // A simulated host's namespace is named after it (`h1-<pid>-<n>`).
+        let host = self.name.split('-').next().unwrap_or_default();
+        let state = self.state_dir();
+        let _ = std::fs::create_dir_all(&state);
+        vec![
+            (
+                crate::firewall::DRIVER_ENV,
+                crate::firewall::for_host(host).into(),
+            ),
+            ("REEF_FIREWALL_STATE_DIR", state.join("firewall").into()),
+            ("REEF_IPTABLES_LOCK", state.join("iptables.lock").into()),
+        ]
+    }
+
     /// Per-namespace state of the programs a test runs in it (removed on drop).
     fn state_dir(&self) -> PathBuf {
         std::env::temp_dir()

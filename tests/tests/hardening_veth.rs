@@ -143,6 +143,7 @@ fn sigkill_at_random_instants_of_add_leaves_no_veth_after_gc() {
         let mut cmd = env.host.cmd(plugin("reef-bridge"));
         let mut child = cmd
             .env_clear()
+            .envs(env.host.program_env())
             .env("CNI_COMMAND", "ADD")
             .env("CNI_CONTAINERID", format!("kill{i}"))
             .env("CNI_NETNS", env.pods[0].path())
