@@ -97,18 +97,34 @@ pub fn for_add(
     let path = att.path();
     let recorded = std::fs::read_to_string(&path).ok();
     if recorded.as_deref().map(str::trim) != Some(&kind.to_string()) {
+        write_record(&path, kind)?;
+    }
+    Ok((kind, driver(kind)))
+}
+
+/// Writes the record, creating its directory. A concurrent GC may remove the (empty)
+/// directory between the two steps: then both are tried again.
+fn write_record(path: &std::path::Path, kind: DriverKind) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
                 context: format!("create {}", dir.display()),
                 source,
             })?;
         }
-        std::fs::write(&path, kind.to_string()).map_err(|source| Error::Io {
-            context: format!("record the firewall driver in {}", path.display()),
-            source,
-        })?;
+        match std::fs::write(path, kind.to_string()) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => continue,
+            Err(source) => {
+                return Err(Error::Io {
+                    context: format!("record the firewall driver in {}", path.display()),
+                    source,
+                })
+            }
+        }
     }
-    Ok((kind, driver(kind)))
 }
 
 /// The driver ADD recorded for `att`, or `kind` when there is no record.
@@ -125,14 +141,10 @@ pub fn for_del(att: &Attachment<'_>, kind: DriverKind) -> Box<dyn FirewallDriver
     driver(recorded(att, kind))
 }
 
-/// Drops `att`'s record (after its DEL); absent is fine.
+/// Drops `att`'s record (after its DEL); absent is fine. The network's directory stays
+/// (a concurrent ADD may be about to write into it); GC removes it when empty.
 pub fn forget(att: &Attachment<'_>) {
-    let path = att.path();
-    let _ = std::fs::remove_file(&path);
-    // The network's directory goes with its last record (fails harmlessly otherwise).
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::remove_dir(dir);
-    }
+    let _ = std::fs::remove_file(att.path());
 }
 
 /// GC: drops the records of `plugin`'s attachments in `network` not among `valid`
